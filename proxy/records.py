@@ -1,0 +1,120 @@
+"""The recording: one request's canonical form and the response it got, and its binary encoding.
+
+All encoding lives here (`pack`/`unpack`), versioned from day one. A packed recording is
+`MAGIC`, a 4-byte big-endian length, the metadata as JSON, then the decoded response body as raw
+bytes, so bodies of any size or encoding cost no base64 and no copy on replay.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+#: Bump when the packed layout or the meaning of a field changes; the store refuses other versions.
+SCHEMA_VERSION = 1
+MAGIC = b"LRR1"
+_HEADER = struct.Struct(">4sI")
+
+
+class RecordError(ValueError):
+    """A stored value that cannot be decoded."""
+
+
+@dataclass(slots=True)
+class Recording:
+    """A recorded exchange: what was asked (canonically) and what came back."""
+
+    key: str
+    """Digest of `request` (see `proxy.keys`)."""
+    namespace: str
+    """Cache scope, from `llmreel-namespace` (per test, per team...)."""
+    request: dict[str, Any]
+    """The canonical request: method, scheme, host, port, path, query, keyed headers, body."""
+    status: int
+    headers: list[tuple[str, str]]
+    """Response headers as recorded, minus hop-by-hop, framing and credential headers."""
+    body: bytes
+    """The response body, content-decoded. For streams, every byte as the client received it."""
+    chunks: list[tuple[float, int]] = field(default_factory=list)
+    """For streams: (seconds since the request was sent, byte length) of each chunk received."""
+    recorded_at: float = 0.0
+    """Unix time the recording was made."""
+    provider: str | None = None
+    model: str | None = None
+    usage: dict[str, int] | None = None
+    duration_s: float | None = None
+    ttfc_s: float | None = None
+    """Time to first response byte (streams), from the request being sent."""
+    seq: int = 0
+    """Occurrence number of this identical request (sequence mode); 0 otherwise."""
+
+    @property
+    def is_stream(self) -> bool:
+        return bool(self.chunks)
+
+    def content_type(self) -> str:
+        for name, value in self.headers:
+            if name.lower() == "content-type":
+                return value
+        return ""
+
+
+def pack(rec: Recording) -> bytes:
+    meta = {
+        "v": SCHEMA_VERSION,
+        "key": rec.key,
+        "namespace": rec.namespace,
+        "request": rec.request,
+        "status": rec.status,
+        "headers": rec.headers,
+        "chunks": rec.chunks,
+        "recorded_at": rec.recorded_at,
+        "provider": rec.provider,
+        "model": rec.model,
+        "usage": rec.usage,
+        "duration_s": rec.duration_s,
+        "ttfc_s": rec.ttfc_s,
+        "seq": rec.seq,
+    }
+    encoded = orjson.dumps(meta)
+    return _HEADER.pack(MAGIC, len(encoded)) + encoded + rec.body
+
+
+def unpack(data: bytes | memoryview) -> Recording:
+    """Decode a packed recording; raises `RecordError` saying what is wrong."""
+    view = memoryview(data)
+    if len(view) < _HEADER.size:
+        raise RecordError("value too short to be a recording")
+    magic, length = _HEADER.unpack_from(view)
+    if magic != MAGIC:
+        raise RecordError(f"unknown recording format {bytes(magic)!r}")
+    end = _HEADER.size + length
+    if end > len(view):
+        raise RecordError("recording metadata is truncated")
+    try:
+        meta = orjson.loads(view[_HEADER.size : end])
+        if meta["v"] != SCHEMA_VERSION:
+            raise RecordError(f"recording schema {meta['v']}, expected {SCHEMA_VERSION}")
+        return Recording(
+            key=meta["key"],
+            namespace=meta["namespace"],
+            request=meta["request"],
+            status=meta["status"],
+            headers=[(str(k), str(v)) for k, v in meta["headers"]],
+            body=bytes(view[end:]),
+            chunks=[(float(t), int(n)) for t, n in meta["chunks"]],
+            recorded_at=meta["recorded_at"],
+            provider=meta["provider"],
+            model=meta["model"],
+            usage=meta["usage"],
+            duration_s=meta["duration_s"],
+            ttfc_s=meta["ttfc_s"],
+            seq=meta.get("seq", 0),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, RecordError):
+            raise
+        raise RecordError(f"recording metadata is corrupt: {exc}") from exc

@@ -1,0 +1,304 @@
+"""Where recordings live: a small storage interface and its LMDB implementation.
+
+Only this module imports lmdb; every `lmdb.Error` is translated to `StoreError` here, with a
+message that names the path and says what to do. Reads are MVCC snapshots that never block the
+writer, so the CLI can read a store while a proxy records into it, and several processes can share
+one store. Writes go through a single writer thread that commits in batches, so the proxy's event
+loop never waits on fsync.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import lmdb
+
+from .records import SCHEMA_VERSION, RecordError, Recording, pack, unpack
+
+log = logging.getLogger(__name__)
+
+INITIAL_MAP_SIZE = 1 << 30  # 1 GiB of address space; the file itself grows only as needed
+MAX_MAP_SIZE = 1 << 40
+_BATCH = 256
+
+
+_Job = tuple[Recording | None, concurrent.futures.Future[None]]
+
+
+class StoreError(Exception):
+    """The store cannot be opened, read or written. The message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    entries: int
+    size_bytes: int
+
+
+class Store(Protocol):
+    """What the proxy needs from a store. A shared tier (e.g. Redis) implements the same."""
+
+    path: str
+
+    def get(self, namespace: str, key: str, seq: int = 0) -> Recording | None: ...
+    def put(self, rec: Recording) -> None: ...
+    def submit(self, rec: Recording) -> concurrent.futures.Future[None]: ...
+    def delete(self, namespace: str, key: str, seq: int = 0) -> bool: ...
+    def iter(self, namespace: str | None = None) -> Iterator[Recording]: ...
+    def stats(self) -> StoreStats: ...
+    def close(self) -> None: ...
+
+
+def entry_key(namespace: str, key: str, seq: int = 0) -> bytes:
+    # Namespace first so a namespace is one contiguous range; seq suffix only in sequence mode.
+    suffix = f"\x00{seq:06d}" if seq else ""
+    return f"{namespace}\x00{key}{suffix}".encode()
+
+
+def validate_namespace(namespace: str) -> str:
+    if not namespace or len(namespace) > 200 or "\x00" in namespace:
+        raise ValueError("a namespace is 1 to 200 characters, without NUL")
+    return namespace
+
+
+class LmdbStore:
+    """An LMDB environment holding recordings (and, beside them, other named databases)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        map_size: int = INITIAL_MAP_SIZE,
+    ) -> None:
+        self.path = str(path)
+        directory = Path(self.path)
+        if not directory.exists():
+            if not create:
+                raise StoreError(
+                    f"no store at {self.path}: record into it first with `llmreel serve` "
+                    "or pass --store to name another one"
+                )
+            directory.mkdir(mode=0o700, parents=True)
+        elif not directory.is_dir():
+            raise StoreError(f"{self.path} is not a directory: --store names a directory")
+        directory.chmod(0o700)
+        try:
+            self.env = lmdb.open(
+                self.path,
+                map_size=map_size,
+                max_dbs=8,
+                mode=0o600,
+                readahead=False,
+                max_readers=512,
+            )
+        except lmdb.Error as exc:
+            raise StoreError(
+                f"cannot open the store at {self.path}: {exc}. If the store is corrupt, move it "
+                "away and record again (or rebuild it with `llmreel cache import`)."
+            ) from exc
+        for name in ("data.mdb", "lock.mdb"):
+            file = directory / name
+            if file.exists():
+                file.chmod(0o600)
+        self._lock = threading.Lock()  # excludes transactions during a map resize
+        try:
+            self._meta = self.env.open_db(b"meta")
+            self._entries = self.env.open_db(b"entries")
+            self._check_schema()
+        except lmdb.Error as exc:
+            self.env.close()
+            raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
+        # Jobs for the writer thread: a recording to write, or None for "tell me when you get here".
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._closed = False
+
+    # --- schema -------------------------------------------------------------------------------
+
+    def _check_schema(self) -> None:
+        with self.env.begin(db=self._meta, write=True) as txn:
+            found = txn.get(b"schema")
+            if found is None:
+                txn.put(b"schema", str(SCHEMA_VERSION).encode())
+                return
+        if found != str(SCHEMA_VERSION).encode():
+            self.env.close()
+            raise StoreError(
+                f"the store at {self.path} has schema version {found.decode(errors='replace')}, "
+                f"but this llmreel reads version {SCHEMA_VERSION}. Use the llmreel version that "
+                "wrote it to `llmreel cache export` it, then import the export here; or move "
+                "the store away and record again."
+            )
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def get(self, namespace: str, key: str, seq: int = 0) -> Recording | None:
+        raw = self._read(entry_key(namespace, key, seq))
+        if raw is None:
+            return None
+        try:
+            return unpack(raw)
+        except RecordError as exc:
+            raise StoreError(
+                f"recording {key} in {self.path} is corrupt ({exc}); "
+                f"remove it with `llmreel cache rm {key}` and record it again"
+            ) from exc
+
+    def _read(self, db_key: bytes) -> bytes | None:
+        for attempt in range(2):
+            try:
+                with self._lock, self.env.begin(db=self._entries) as txn:
+                    value: bytes | None = txn.get(db_key)
+                    return value
+            except lmdb.MapResizedError:
+                # Another process grew the map: adopt its size and read again.
+                self._adopt_map_size()
+            except lmdb.Error as exc:
+                raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
+        return None
+
+    def iter(self, namespace: str | None = None) -> Iterator[Recording]:
+        """Every recording (in one namespace), in key order, from one consistent snapshot."""
+        prefix = f"{namespace}\x00".encode() if namespace is not None else b""
+        try:
+            with self.env.begin(db=self._entries) as txn:
+                cursor = txn.cursor()
+                if not cursor.set_range(prefix):
+                    return
+                for db_key, value in cursor:
+                    if not db_key.startswith(prefix):
+                        break
+                    try:
+                        yield unpack(value)
+                    except RecordError as exc:
+                        log.warning("skipping corrupt recording %r in %s: %s", db_key, self.path, exc)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
+
+    def stats(self) -> StoreStats:
+        try:
+            with self._lock, self.env.begin(db=self._entries) as txn:
+                entries = int(txn.stat(self._entries)["entries"])
+            info = self.env.info()
+            size = (int(info["last_pgno"]) + 1) * int(self.env.stat()["psize"])
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
+        return StoreStats(entries=entries, size_bytes=size)
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def put(self, rec: Recording) -> None:
+        """Write one recording now, in the caller's thread."""
+        self._write_batch([(entry_key(rec.namespace, rec.key, rec.seq), pack(rec))])
+
+    def submit(self, rec: Recording) -> concurrent.futures.Future[None]:
+        """Queue a recording for the writer thread; the future resolves once it is committed."""
+        return self._enqueue(rec)
+
+    def _enqueue(self, rec: Recording | None) -> concurrent.futures.Future[None]:
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if self._closed:
+            future.set_exception(StoreError(f"the store at {self.path} is closed"))
+            return future
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="llmreel-store-writer")
+            self._writer.daemon = True
+            self._writer.start()
+        self._queue.put((rec, future))
+        return future
+
+    def delete(self, namespace: str, key: str, seq: int = 0) -> bool:
+        try:
+            with self._lock, self.env.begin(db=self._entries, write=True) as txn:
+                return bool(txn.delete(entry_key(namespace, key, seq)))
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot write the store at {self.path}: {exc}") from exc
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < _BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # finish this batch, then stop
+                    break
+                batch.append(more)
+            try:
+                self._write_batch(
+                    [(entry_key(r.namespace, r.key, r.seq), pack(r)) for r, _ in batch if r]
+                )
+            except Exception as exc:  # noqa: BLE001 - every waiter must learn of the failure
+                error = exc if isinstance(exc, StoreError) else StoreError(str(exc))
+                for _, future in batch:
+                    future.set_exception(error)
+            else:
+                for _, future in batch:
+                    future.set_result(None)
+
+    def _write_batch(self, items: list[tuple[bytes, bytes]]) -> None:
+        while items:
+            try:
+                with self.env.begin(db=self._entries, write=True) as txn:
+                    for db_key, value in items:
+                        txn.put(db_key, value)
+                return
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.MapResizedError:
+                self._adopt_map_size()
+            except lmdb.Error as exc:
+                raise StoreError(
+                    f"cannot write to the store at {self.path}: {exc}. "
+                    "Check free disk space and permissions; traffic keeps flowing unrecorded."
+                ) from exc
+
+    def _grow(self) -> None:
+        with self._lock:
+            current = int(self.env.info()["map_size"])
+            if current >= MAX_MAP_SIZE:
+                raise StoreError(f"the store at {self.path} reached {MAX_MAP_SIZE} bytes")
+            log.info("growing the store map at %s to %d MiB", self.path, current * 2 >> 20)
+            self.env.set_mapsize(current * 2)
+
+    def _adopt_map_size(self) -> None:
+        with self._lock:
+            self.env.set_mapsize(0)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything submitted so far is committed."""
+        if self._writer is None or self._closed:
+            return
+        concurrent.futures.wait([self._enqueue(None)], timeout=timeout)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join(timeout=30)
+        self.env.close()
+
+    def __enter__(self) -> LmdbStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

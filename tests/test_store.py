@@ -1,0 +1,162 @@
+"""The LMDB store: round trips, schema, corruption, permissions, growth, concurrency."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import stat
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from proxy.records import Recording, RecordError, pack, unpack
+from proxy.store import LmdbStore, StoreError
+
+
+def rec(key: str = "k1", namespace: str = "default", body: bytes = b'{"ok":true}', **kw: object) -> Recording:
+    return Recording(
+        key=key,
+        namespace=namespace,
+        request={"method": "POST", "path": "/v1/chat/completions", "body": {"model": "m"}},
+        status=200,
+        headers=[("content-type", "application/json")],
+        body=body,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_pack_round_trip_keeps_binary_bodies() -> None:
+    original = rec(body=bytes(range(256)) * 10, chunks=[(0.01, 100), (0.5, 2460)], usage={"input": 3})
+    assert unpack(pack(original)) == original
+
+
+@pytest.mark.parametrize("data", [b"", b"LRR1", b"XXXX\x00\x00\x00\x02{}", b"LRR1\x00\x00\x00\x09{bad json"])
+def test_unpack_rejects_garbage_with_a_reason(data: bytes) -> None:
+    with pytest.raises(RecordError):
+        unpack(data)
+
+
+def test_put_get_iter_delete(tmp_path: Path) -> None:
+    with LmdbStore(tmp_path / "s") as store:
+        store.put(rec("a"))
+        store.put(rec("b", namespace="test_x"))
+        store.put(rec("c", namespace="test_x"))
+        got = store.get("default", "a")
+        assert got is not None and got.body == b'{"ok":true}'
+        assert store.get("default", "b") is None
+        assert [r.key for r in store.iter("test_x")] == ["b", "c"]
+        assert len(list(store.iter())) == 3
+        assert store.stats().entries == 3
+        assert store.delete("test_x", "b")
+        assert not store.delete("test_x", "b")
+        assert store.stats().entries == 2
+
+
+def test_namespace_prefix_does_not_leak_into_longer_names(tmp_path: Path) -> None:
+    with LmdbStore(tmp_path / "s") as store:
+        store.put(rec("a", namespace="t"))
+        store.put(rec("b", namespace="t2"))
+        assert [r.key for r in store.iter("t")] == ["a"]
+
+
+def test_store_files_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with LmdbStore(path) as store:
+        store.put(rec())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    for name in ("data.mdb", "lock.mdb"):
+        assert stat.S_IMODE((path / name).stat().st_mode) == 0o600
+
+
+def test_submit_commits_in_the_writer_thread(tmp_path: Path) -> None:
+    with LmdbStore(tmp_path / "s") as store:
+        futures = [store.submit(rec(f"k{i}")) for i in range(500)]
+        for f in futures:
+            f.result(timeout=10)
+        assert store.stats().entries == 500
+
+
+def test_flush_waits_for_queued_writes(tmp_path: Path) -> None:
+    with LmdbStore(tmp_path / "s") as store:
+        for i in range(50):
+            store.submit(rec(f"k{i}"))
+        store.flush(timeout=10)
+        assert store.stats().entries == 50
+
+
+def test_map_grows_when_full(tmp_path: Path) -> None:
+    with LmdbStore(tmp_path / "s", map_size=256 * 1024) as store:
+        big = b"x" * 100_000
+        for i in range(40):  # ~4 MB into a 256 KiB map
+            store.put(rec(f"k{i}", body=big))
+        assert store.stats().entries == 40
+        assert store.get("default", "k39") is not None
+
+
+def test_other_schema_version_is_refused_with_advice(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    LmdbStore(path).close()
+    env = lmdb.open(str(path), max_dbs=8)
+    with env.begin(write=True, db=env.open_db(b"meta")) as txn:
+        txn.put(b"schema", b"99")
+    env.close()
+    with pytest.raises(StoreError, match=r"schema version 99.*cache export"):
+        LmdbStore(path)
+
+
+def test_corrupt_store_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    path.mkdir()
+    (path / "data.mdb").write_bytes(b"this is not an lmdb file" * 1000)
+    with pytest.raises(StoreError, match=str(path)):
+        LmdbStore(path)
+
+
+def test_missing_store_is_not_created_when_reading(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no store at"):
+        LmdbStore(tmp_path / "nope", create=False)
+
+
+def test_corrupt_entry_is_reported_on_get(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    LmdbStore(path).close()
+    env = lmdb.open(str(path), max_dbs=8)
+    with env.begin(write=True, db=env.open_db(b"entries")) as txn:
+        txn.put(b"default\x00bad", b"garbage")
+    env.close()
+    with LmdbStore(path) as store:
+        with pytest.raises(StoreError, match="llmreel cache rm bad"):
+            store.get("default", "bad")
+        assert list(store.iter()) == []  # skipped, with a warning
+
+
+def _writer(path: str, prefix: str, count: int) -> None:
+    with LmdbStore(path) as store:
+        for i in range(count):
+            store.put(rec(f"{prefix}{i}", body=os.urandom(2000)))
+
+
+def test_two_processes_recording_into_one_store_lose_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path / "s")
+    LmdbStore(path, map_size=128 * 1024).close()
+    spawn = multiprocessing.get_context("spawn")
+    procs = [spawn.Process(target=_writer, args=(path, p, 300)) for p in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    with LmdbStore(path) as store:
+        assert store.stats().entries == 600
+
+
+def test_reader_sees_a_consistent_snapshot_while_writing(tmp_path: Path) -> None:
+    with LmdbStore(tmp_path / "s") as store:
+        for i in range(10):
+            store.put(rec(f"k{i}"))
+        seen = []
+        for r in store.iter():
+            seen.append(r.key)
+            store.put(rec(f"z{r.key}"))  # writes during iteration don't disturb the snapshot
+        assert len(seen) == 10
