@@ -33,8 +33,16 @@ _BATCH = 256
 _Job = tuple[Recording | None, concurrent.futures.Future[None]]
 
 
+#: Why a write failed, as counted in `llmreel_store_write_errors_total{reason}`.
+WRITE_ERROR_REASONS = ("disk_full", "map_full", "io_error", "closed")
+
+
 class StoreError(Exception):
     """The store cannot be opened, read or written. The message says what to do."""
+
+    def __init__(self, message: str, reason: str = "io_error") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +162,7 @@ class LmdbStore:
             ) from exc
 
     def _read(self, db_key: bytes) -> bytes | None:
-        for attempt in range(2):
+        for _attempt in range(2):
             try:
                 with self._lock, self.env.begin(db=self._entries) as txn:
                     value: bytes | None = txn.get(db_key)
@@ -180,7 +188,9 @@ class LmdbStore:
                     try:
                         yield unpack(value)
                     except RecordError as exc:
-                        log.warning("skipping corrupt recording %r in %s: %s", db_key, self.path, exc)
+                        log.warning(
+                            "skipping corrupt recording %r in %s: %s", db_key, self.path, exc
+                        )
         except lmdb.Error as exc:
             raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
 
@@ -207,7 +217,7 @@ class LmdbStore:
     def _enqueue(self, rec: Recording | None) -> concurrent.futures.Future[None]:
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
         if self._closed:
-            future.set_exception(StoreError(f"the store at {self.path} is closed"))
+            future.set_exception(StoreError(f"the store at {self.path} is closed", "closed"))
             return future
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name="llmreel-store-writer")
@@ -262,16 +272,22 @@ class LmdbStore:
             except lmdb.MapResizedError:
                 self._adopt_map_size()
             except lmdb.Error as exc:
+                disk_full = "No space left" in str(exc) or "ENOSPC" in str(exc)
                 raise StoreError(
                     f"cannot write to the store at {self.path}: {exc}. "
-                    "Check free disk space and permissions; traffic keeps flowing unrecorded."
+                    "Check free disk space and permissions; traffic keeps flowing unrecorded.",
+                    "disk_full" if disk_full else "io_error",
                 ) from exc
 
     def _grow(self) -> None:
         with self._lock:
             current = int(self.env.info()["map_size"])
             if current >= MAX_MAP_SIZE:
-                raise StoreError(f"the store at {self.path} reached {MAX_MAP_SIZE} bytes")
+                raise StoreError(
+                    f"the store at {self.path} reached {MAX_MAP_SIZE} bytes; prune it with "
+                    "`llmreel cache prune` or use another --store",
+                    "map_full",
+                )
             log.info("growing the store map at %s to %d MiB", self.path, current * 2 >> 20)
             self.env.set_mapsize(current * 2)
 
@@ -301,4 +317,3 @@ class LmdbStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

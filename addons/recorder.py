@@ -1,0 +1,578 @@
+"""llmreel's mitmproxy addon: record, replay, log and meter LLM API calls.
+
+Load it into mitmproxy directly:
+
+    mitmdump -s addons/recorder.py --set llmreel_store=.llmreel --set llmreel_mode=auto
+
+or let `llmreel serve` run the same class. The addon is glue: keys, providers, usage, pricing,
+storage and metrics live in the `proxy` package.
+
+Failure policy: llmreel must never be the reason an agent's call fails. A recording that cannot
+be written is logged and counted, and the response still reaches the client. The one exception
+is offline mode, where a miss is answered with a clear error instead of reaching the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.connection import Server
+from mitmproxy.net import encoding
+from mitmproxy.proxy import server_hooks
+from prometheus_client import CollectorRegistry, start_http_server
+
+from proxy.errors import BAD_REQUEST_STATUS, ErrorReply, error_reply, offline_miss
+from proxy.exchange import Exchange, FlowState, new_id
+from proxy.keys import KeyConfig, canonical_request, request_digest
+from proxy.metrics import Metrics
+from proxy.modes import CONTROLS, MODES, plan
+from proxy.pricing import Pricer, load_overrides
+from proxy.providers import (
+    DEFAULT_HOSTS,
+    HostMap,
+    Usage,
+    classify,
+    request_model,
+    summarize,
+)
+from proxy.records import Recording
+from proxy.redact import mask_headers, mask_query
+from proxy.store import LmdbStore, Store, StoreError, validate_namespace
+from proxy.wire import (
+    CONTROL_HEADER,
+    KEY_HEADER,
+    NAMESPACE_HEADER,
+    StreamTee,
+    is_event_stream,
+    is_loopback,
+    recordable_headers,
+)
+
+log = logging.getLogger("llmreel")
+
+META = "llmreel"
+SINGLE_FLIGHT_WAIT_S = 600.0
+
+
+class Recorder:
+    """Records LLM calls into a store, replays them, and accounts for every exchange."""
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        store_factory: Callable[[str], Store] = LmdbStore,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._store_factory = store_factory
+        self._clock = clock
+        self.store: Store | None = None
+        self.metrics = Metrics(self.registry, store_stats=self._store_stats)
+        self.pricer = Pricer()
+        self.key_config = KeyConfig()
+        self.hosts: HostMap = DEFAULT_HOSTS
+        self.sinks: list[Callable[[Exchange], None]] = []
+        self._inflight: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._metrics_server: Any = None
+        self._unpriced_seen: set[tuple[str, str]] = set()
+        self._own_ports: frozenset[int] = frozenset()
+        self.is_running = False
+        self.metrics_error: str | None = None
+        # Option values read in configure(): hooks must not depend on the global ctx, which
+        # belongs to whichever mitmproxy master was created last in this process.
+        self.mode = "auto"
+        self.default_namespace = "default"
+
+    # --- configuration ------------------------------------------------------------------------
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "llmreel_mode", str, "auto",
+            "auto: serve recordings, record what is new. record: always call upstream and "
+            "overwrite. offline: serve recordings only; a miss never reaches the network. "
+            "passthrough: never read or write the cache; only log and meter.",
+            choices=MODES,
+        )  # fmt: skip
+        loader.add_option(
+            "llmreel_store", str, ".llmreel", "Directory of the LMDB recording store."
+        )
+        loader.add_option(
+            "llmreel_namespace", str, "default",
+            "Cache namespace for requests without an llmreel-namespace header.",
+        )  # fmt: skip
+        loader.add_option(
+            "llmreel_metrics_port", int, 0,
+            "Port for Prometheus /metrics (0: off). `llmreel serve` defaults to 9464.",
+        )  # fmt: skip
+        loader.add_option("llmreel_metrics_host", str, "127.0.0.1", "Address /metrics listens on.")
+        loader.add_option(
+            "llmreel_hosts", Sequence[str], [],
+            "Extra HOST=PROVIDER mappings (e.g. llm.internal=openai, *.example.com=anthropic).",
+        )  # fmt: skip
+        loader.add_option(
+            "llmreel_ignore_fields", Sequence[str], [],
+            "JSON body fields left out of the cache key, as dotted paths (user, metadata.run_id).",
+        )  # fmt: skip
+        loader.add_option(
+            "llmreel_prices", Optional[str], None,  # noqa: UP045 - mitmproxy option typespec
+            "TOML or JSON file of USD-per-million-token prices for models genai-prices lacks.",
+        )  # fmt: skip
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        if "llmreel_store" in updated:
+            self._open_store(opts.llmreel_store)
+        if "llmreel_mode" in updated:
+            if opts.llmreel_mode not in MODES:
+                raise exceptions.OptionsError(
+                    f"llmreel_mode: {opts.llmreel_mode!r} is not one of {', '.join(MODES)}"
+                )
+            self.mode = opts.llmreel_mode
+        if "llmreel_namespace" in updated:
+            try:
+                self.default_namespace = validate_namespace(opts.llmreel_namespace)
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"llmreel_namespace: {exc}") from exc
+        if "llmreel_hosts" in updated:
+            extra: dict[str, str] = {}
+            for item in opts.llmreel_hosts:
+                host, sep, provider = item.partition("=")
+                if not sep or not host.strip() or not provider.strip():
+                    raise exceptions.OptionsError(
+                        f"llmreel_hosts: {item!r} is not HOST=PROVIDER, e.g. llm.internal=openai"
+                    )
+                extra[host.strip()] = provider.strip()
+            self.hosts = DEFAULT_HOSTS.merged(extra)
+        if "llmreel_ignore_fields" in updated:
+            self.key_config = KeyConfig(ignore_fields=tuple(opts.llmreel_ignore_fields))
+        if "llmreel_prices" in updated:
+            try:
+                overrides = load_overrides(opts.llmreel_prices) if opts.llmreel_prices else None
+            except (OSError, ValueError) as exc:
+                raise exceptions.OptionsError(f"llmreel_prices: {exc}") from exc
+            self.pricer = Pricer(overrides)
+        # Hits must be served without an upstream connection, and offline mode must never open
+        # one: with the default "eager" strategy mitmproxy connects before our hook runs.
+        if "connection_strategy" in opts and opts.connection_strategy != "lazy":
+            opts.connection_strategy = "lazy"
+
+    def _open_store(self, path: str) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        try:
+            self.store = self._store_factory(path)
+        except StoreError as exc:
+            raise exceptions.OptionsError(str(exc)) from exc
+
+    def _store_stats(self) -> Any:
+        store = self.store
+        if store is None:
+            return None
+        try:
+            return store.stats()
+        except StoreError:
+            return None
+
+    def running(self) -> None:
+        proxyserver = ctx.master.addons.get("proxyserver")
+        if proxyserver is not None:
+            # Requests aimed at our own listeners (a reverse listener reached through
+            # HTTPS_PROXY) are handled where they land, not twice.
+            self._own_ports = frozenset(a[1] for a in proxyserver.listen_addrs())
+        port = ctx.options.llmreel_metrics_port
+        if port and self._metrics_server is None:
+            host = ctx.options.llmreel_metrics_host
+            try:
+                self._metrics_server, _ = start_http_server(port, addr=host, registry=self.registry)
+            except OSError as exc:
+                self.metrics_error = f"cannot serve metrics on {host}:{port}: {exc}"
+                log.error("%s; pick another --metrics-port (0 turns it off)", self.metrics_error)
+            else:
+                log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
+        self.is_running = True
+
+    @property
+    def metrics_port(self) -> int | None:
+        if self._metrics_server is None:
+            return None
+        return int(self._metrics_server.server_port)
+
+    def done(self) -> None:
+        self.is_running = False
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    # --- the offline guarantee ----------------------------------------------------------------
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        if self.mode == "offline":
+            data.server.error = (
+                f"llmreel is in offline mode and does not connect to {_address(data.server)}. "
+                "Only recorded LLM calls are served; run with --mode auto to reach the network."
+            )
+
+    # --- request ------------------------------------------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or flow.websocket is not None:
+            return
+        req = flow.request
+        if req.port in self._own_ports and is_loopback(req.host):
+            return
+        path, _, _ = req.path.partition("?")
+        hostport = f"[{req.host}]:{req.port}" if ":" in req.host else f"{req.host}:{req.port}"
+        endpoint = classify(req.method, hostport, path, self.hosts)
+        if endpoint is None:
+            return
+        control = req.headers.pop(CONTROL_HEADER, None)
+        namespace = req.headers.pop(NAMESPACE_HEADER, None) or self.default_namespace
+        if control is not None and control.strip().lower() not in CONTROLS:
+            self._reply(flow, error_reply(
+                endpoint.api, BAD_REQUEST_STATUS,
+                f"llmreel: unknown {CONTROL_HEADER} value {control!r}; use one of "
+                f"{', '.join(CONTROLS)}.", "llmreel_bad_header",
+            ))  # fmt: skip
+            return
+        try:
+            validate_namespace(namespace)
+        except ValueError as exc:
+            self._reply(flow, error_reply(
+                endpoint.api, BAD_REQUEST_STATUS,
+                f"llmreel: bad {NAMESPACE_HEADER} header: {exc}.", "llmreel_bad_header",
+            ))  # fmt: skip
+            return
+        body = req.get_content(strict=False) or b""
+        canonical = canonical_request(
+            req.method, req.scheme, req.host, req.port, path,
+            req.query.items(multi=True), req.headers.items(multi=True), body, self.key_config,
+        )  # fmt: skip
+        key = request_digest(canonical)
+        parsed = canonical["body"]
+        state = FlowState(
+            endpoint=endpoint,
+            plan=plan(self.mode, control.strip().lower() if control else None),
+            namespace=namespace,
+            key=key,
+            canonical=canonical,
+            model=request_model(endpoint, path, parsed),
+            started=self._clock(),
+            request_headers=mask_headers(req.headers.items(multi=True)),
+        )
+        flow.metadata[META] = state
+        while True:
+            if state.plan.lookup and self._serve_recording(flow, state):
+                return
+            leader = self._inflight.get((namespace, key))
+            if leader is None or not (state.plan.lookup and state.plan.forward):
+                break
+            # Single flight: an identical request is already on its way upstream. Wait for it,
+            # then serve its recording instead of paying for the same call twice. If it was not
+            # recorded (an error), the next waiter goes upstream itself.
+            try:
+                await asyncio.wait_for(asyncio.shield(leader), SINGLE_FLIGHT_WAIT_S)
+            except TimeoutError:
+                break
+        if not state.plan.forward:
+            state.outcome = "offline_miss"
+            self._reply(flow, offline_miss(
+                endpoint.api, req.method, _masked_url(flow), key, namespace, state.plan.refusal
+            ))  # fmt: skip
+            log.warning(
+                "offline miss: %s %s key=%s namespace=%s",
+                req.method,
+                _masked_url(flow),
+                key,
+                namespace,
+            )
+            return
+        state.outcome = state.plan.outcome
+        if state.plan.record and (namespace, key) not in self._inflight:
+            self._inflight[(namespace, key)] = asyncio.get_running_loop().create_future()
+            state.leader = True
+        # Plain bodies let the tee record SSE as the client sees it, chunk by chunk.
+        req.headers["accept-encoding"] = "identity"
+        state.forwarded_at = self._clock()
+
+    def _serve_recording(self, flow: http.HTTPFlow, state: FlowState) -> bool:
+        assert self.store is not None
+        try:
+            rec = self.store.get(state.namespace, state.key)
+        except StoreError as exc:
+            log.error("%s", exc)
+            return False
+        if rec is None:
+            return False
+        state.outcome = "hit"
+        state.replay = rec
+        flow.response = http.Response.make(
+            rec.status,
+            rec.body,
+            [(k.encode(), v.encode()) for k, v in rec.headers]
+            + [(b"llmreel-cache", b"hit"), (KEY_HEADER.encode(), state.key.encode())],
+        )
+        return True
+
+    def _reply(self, flow: http.HTTPFlow, reply: ErrorReply) -> None:
+        headers = [(k.encode(), v.encode()) for k, v in reply.headers]
+        state: FlowState | None = flow.metadata.get(META)
+        if state is not None:
+            headers += [
+                (b"llmreel-cache", state.outcome.encode()),
+                (KEY_HEADER.encode(), state.key.encode()),
+            ]
+        flow.response = http.Response.make(reply.status, reply.body, headers)
+
+    # --- response -----------------------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state: FlowState | None = flow.metadata.get(META)
+        if state is None or state.replay is not None or state.forwarded_at is None:
+            return
+        resp = flow.response
+        assert resp is not None
+        resp.headers["llmreel-cache"] = state.outcome
+        resp.headers[KEY_HEADER] = state.key
+        if is_event_stream(resp.headers.get("content-type", "")) or _wants_stream(state):
+            state.tee = StreamTee(state.forwarded_at, self._clock)
+            resp.stream = state.tee
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        state: FlowState | None = flow.metadata.get(META)
+        if state is None:
+            return
+        resp = flow.response
+        assert resp is not None
+        now = self._clock()
+        if state.replay is not None:
+            rec = state.replay
+            usage = Usage(**rec.usage) if rec.usage else None
+            self._finish(flow, state, now, usage=usage, response_model=rec.model,
+                         body=rec.body, status=rec.status)  # fmt: skip
+            return
+        if state.forwarded_at is None:  # answered by llmreel itself (offline miss, bad header)
+            self._finish(flow, state, now, body=resp.content or b"", status=resp.status_code)
+            return
+        body = self._response_body(resp, state)
+        summary = summarize(state.endpoint, body, resp.headers.get("content-type", ""))
+        recorded = False
+        if state.plan.record and 200 <= resp.status_code < 300:
+            if summary.complete and summary.error is None:
+                recorded = self._record(flow, state, body, summary, now)
+            else:
+                log.warning(
+                    "not recording %s %s: %s", flow.request.method, _masked_url(flow),
+                    summary.error or "the response did not complete",
+                )  # fmt: skip
+        if not recorded:
+            self._release(state)
+        self._finish(flow, state, now, usage=summary.usage, response_model=summary.model,
+                     body=body, status=resp.status_code, summary=summary, recorded=recorded)  # fmt: skip
+
+    def _response_body(self, resp: http.Response, state: FlowState) -> bytes:
+        if state.tee is None:
+            return resp.get_content(strict=False) or b""
+        body = state.tee.body()
+        encoding_name = resp.headers.get("content-encoding", "")
+        if encoding_name and encoding_name != "identity":
+            try:
+                decoded = encoding.decode(body, encoding_name)
+                body = decoded if isinstance(decoded, bytes) else decoded.encode()
+            except ValueError:
+                log.warning("could not decode a %s stream; recording it as sent", encoding_name)
+        return body
+
+    def _record(
+        self, flow: http.HTTPFlow, state: FlowState, body: bytes, summary: Any, now: float
+    ) -> bool:
+        assert (
+            self.store is not None and flow.response is not None and state.forwarded_at is not None
+        )
+        tee = state.tee
+        rec = Recording(
+            key=state.key,
+            namespace=state.namespace,
+            request=state.canonical,
+            status=flow.response.status_code,
+            headers=recordable_headers(flow.response.headers.items(multi=True)),
+            body=body,
+            chunks=tee.chunks if tee is not None else [],
+            recorded_at=time.time(),
+            provider=state.endpoint.provider,
+            model=summary.model or state.model,
+            usage=summary.usage.as_dict() if summary.usage else None,
+            duration_s=round(now - state.forwarded_at, 6),
+            ttfc_s=_ttfc(state),
+        )
+        future = self.store.submit(rec)
+        loop = asyncio.get_running_loop()
+
+        def committed(done: concurrent.futures.Future[None]) -> None:
+            loop.call_soon_threadsafe(self._after_write, state, done)
+
+        future.add_done_callback(committed)
+        return True
+
+    def _after_write(self, state: FlowState, done: concurrent.futures.Future[None]) -> None:
+        error = done.exception()
+        if error is not None:
+            log.error("recording not saved: %s", error)
+            self.metrics.store_write_failed(getattr(error, "reason", "io_error"))
+        self._release(state)
+
+    def _release(self, state: FlowState) -> None:
+        if not state.leader:
+            return
+        state.leader = False
+        waiter = self._inflight.pop((state.namespace, state.key), None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state: FlowState | None = flow.metadata.get(META)
+        if state is None:
+            return
+        self._release(state)
+        message = flow.error.msg if flow.error else "unknown error"
+        body = state.tee.body() if state.tee is not None else b""
+        summary = summarize(state.endpoint, body, "text/event-stream") if body else None
+        log.warning(
+            "%s %s failed: %s (not recorded)", flow.request.method, _masked_url(flow), message
+        )
+        self._finish(
+            flow, state, self._clock(), body=body, status=None, summary=summary,
+            usage=summary.usage if summary else None, error=message,
+            error_type=_error_type(message, state),
+        )  # fmt: skip
+
+    # --- accounting ---------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        now: float,
+        *,
+        body: bytes,
+        status: int | None,
+        usage: Usage | None = None,
+        response_model: str | None = None,
+        summary: Any = None,
+        recorded: bool = False,
+        error: str | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        ep = state.endpoint
+        if error_type is None and status is not None and status >= 400 and state.forwarded_at:
+            error_type = str(status)
+        cost = None
+        if usage is not None:
+            cost = self.pricer.cost(ep.provider, response_model or state.model, usage)
+            if cost is None and (ep.provider, state.model or "") not in self._unpriced_seen:
+                self._unpriced_seen.add((ep.provider, state.model or ""))
+                log.warning(
+                    "no price known for %s model %s: its cost is unknown. Add it to a "
+                    "--prices file.", ep.provider, response_model or state.model,
+                )  # fmt: skip
+        resp = flow.response
+        exchange = Exchange(
+            id=new_id(),
+            started=flow.request.timestamp_start,
+            method=flow.request.method,
+            url=_masked_url(flow),
+            endpoint=ep,
+            cache=state.outcome or state.plan.outcome,
+            namespace=state.namespace,
+            key=state.key,
+            model=state.model,
+            response_model=response_model,
+            status=status,
+            error=error,
+            error_type=error_type,
+            duration_s=max(now - state.started, 0.0),
+            upstream_s=(now - state.forwarded_at) if state.forwarded_at is not None else None,
+            ttfc_s=_ttfc(state),
+            stream=state.tee is not None or bool(state.replay and state.replay.is_stream),
+            usage=usage,
+            cost_usd=cost,
+            recorded=recorded,
+            client=_peer(flow),
+            listener=flow.client_conn.proxy_mode.full_spec,
+            request_headers=state.request_headers,
+            response_headers=mask_headers(resp.headers.items(multi=True)) if resp else [],
+            request_body=flow.request.get_content(strict=False) or b"",
+            response_body=body,
+            summary=summary,
+        )
+        self.metrics.observe(exchange)
+        for sink in self.sinks:
+            try:
+                sink(exchange)
+            except Exception:
+                log.exception("exchange sink %r failed", sink)
+
+
+def _wants_stream(state: FlowState) -> bool:
+    body = state.canonical["body"]
+    if state.endpoint.api == "gemini.generate":
+        return ":streamGenerateContent" in state.canonical["path"]
+    return isinstance(body, dict) and body.get("stream") is True
+
+
+def _ttfc(state: FlowState) -> float | None:
+    if state.tee is None or state.tee.first_chunk_at is None or state.forwarded_at is None:
+        return None
+    return round(state.tee.first_chunk_at - state.forwarded_at, 6)
+
+
+def _error_type(message: str, state: FlowState) -> str:
+    lowered = message.lower()
+    if "client disconnected" in lowered:
+        return "client_disconnected"
+    if "timeout" in lowered or "timed out" in lowered:
+        return "timeout"
+    if state.tee is not None and state.tee.chunks:
+        return "stream_cut"
+    if "connect" in lowered or "refused" in lowered or "reset" in lowered:
+        return "connection_error"
+    return "protocol_error"
+
+
+def _masked_url(flow: http.HTTPFlow) -> str:
+    req = flow.request
+    path, _, query = req.path.partition("?")
+    url = f"{req.scheme}://{req.host}"
+    if req.port != {"http": 80, "https": 443}.get(req.scheme):
+        url += f":{req.port}"
+    url += path
+    if query:
+        from urllib.parse import urlencode
+
+        url += "?" + urlencode(mask_query(req.query.items(multi=True)))
+    return url
+
+
+def _peer(flow: http.HTTPFlow) -> str:
+    peer = flow.client_conn.peername
+    return f"{peer[0]}:{peer[1]}" if peer else ""
+
+
+def _address(server: Server) -> str:
+    if server.address is None:
+        return "the upstream"
+    return f"{server.address[0]}:{server.address[1]}"
+
+
+addons = [Recorder()]

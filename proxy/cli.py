@@ -1,0 +1,264 @@
+"""The `llmreel` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from .modes import MODES
+from .server import DEFAULT_CONFDIR, ProxyServer, ProxySettings, Reverse, Running, StartupError
+from .wire import is_loopback
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("llmreel")
+
+
+def _reverse(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[Reverse]:
+    try:
+        return [Reverse.parse(v) for v in values]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def proxy_options(default_port: int, default_metrics_port: int) -> Callable[[F], F]:
+    """The options `serve` and `run` share."""
+
+    def decorate(func: F) -> F:
+        options = [
+            click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
+                         envvar="LLMREEL_MODE", show_envvar=True,
+                         help="auto: serve recordings, record what is new. record: always call "
+                         "upstream, overwrite. offline: recordings only; a miss never reaches "
+                         "the network. passthrough: no cache; only log and meter."),
+            click.option("--host", default="127.0.0.1", show_default=True,
+                         help="Address of the proxy listeners."),
+            click.option("--port", "-p", type=click.IntRange(0, 65535), default=default_port,
+                         show_default=True, help="Port of the regular (HTTPS_PROXY) listener; 0 picks a free one."),
+            click.option("--reverse", multiple=True, callback=_reverse, metavar="URL@PORT",
+                         help="A reverse-proxy listener for clients that take a base URL, e.g. "
+                         "https://api.openai.com@8081. Repeatable."),
+            click.option("--store", default=".llmreel", show_default=True, envvar="LLMREEL_STORE",
+                         show_envvar=True, help="Directory of the LMDB recording store."),
+            click.option("--namespace", default="default", show_default=True,
+                         envvar="LLMREEL_NAMESPACE",
+                         help="Cache namespace for requests without an llmreel-namespace header."),
+            click.option("--metrics-port", type=click.IntRange(0, 65535),
+                         default=default_metrics_port, show_default=True,
+                         help="Port for Prometheus /metrics; 0 turns it off."),
+            click.option("--metrics-host", default="127.0.0.1", show_default=True,
+                         help="Address /metrics listens on."),
+            click.option("--confdir", default=DEFAULT_CONFDIR, show_default=True,
+                         help="Where the mitmproxy CA lives."),
+            click.option("--ssl-insecure", is_flag=True,
+                         help="Don't verify upstream certificates (self-signed local model servers)."),
+            click.option("--provider-host", "hosts", multiple=True, metavar="HOST=PROVIDER",
+                         help="Treat HOST as PROVIDER (openai, anthropic, gemini, ...). Repeatable."),
+            click.option("--ignore-field", "ignore_fields", multiple=True, metavar="PATH",
+                         help="JSON body field left out of the cache key (user, metadata.run_id). Repeatable."),
+            click.option("--prices", type=click.Path(exists=True, dir_okay=False), default=None,
+                         help="TOML or JSON file of per-million-token prices for extra models."),
+            click.option("--proxy-auth", default=None, metavar="USER:PASS",
+                         help="Require proxy authentication (needed to listen beyond loopback)."),
+            click.option("--allow-remote", is_flag=True,
+                         help="Allow a non-loopback --host without --proxy-auth."),
+            click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
+                         help="Any mitmproxy option, as with mitmdump --set. Repeatable."),
+            click.option("-q", "--quiet", is_flag=True, help="Only log warnings and errors."),
+            click.option("-v", "--verbose", is_flag=True, help="Log debug detail."),
+        ]  # fmt: skip
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def _settings(kw: dict[str, Any]) -> ProxySettings:
+    _setup_logging(kw.pop("quiet"), kw.pop("verbose"))
+    allow_remote = kw.pop("allow_remote")
+    for host, what in ((kw["host"], "--host"), (kw["metrics_host"], "--metrics-host")):
+        if is_loopback(host):
+            continue
+        if what == "--host" and not (kw["proxy_auth"] or allow_remote):
+            raise click.UsageError(
+                f"{what} {host} would let other machines use this proxy and your API keys. "
+                "Add --proxy-auth USER:PASS, or --allow-remote if the network is trusted."
+            )
+        log.warning("%s %s listens beyond this machine", what, host)
+    return ProxySettings(**kw)
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # mitmproxy's per-connection chatter is noise here; its warnings and errors are not.
+    for name in ("mitmproxy", "asyncio", "hpack", "h2", "passlib"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llmreel")
+def main() -> None:
+    """llmreel: record, replay, log and meter LLM API calls, for any client.
+
+    Point a client at the proxy with HTTPS_PROXY (or a base URL in reverse mode), or wrap a
+    command with `llmreel run -- CMD`.
+    """
+
+
+@main.command()
+@proxy_options(default_port=8080, default_metrics_port=9464)
+def serve(**kw: Any) -> None:
+    """Run the proxy in the foreground until SIGINT or SIGTERM."""
+    settings = _settings(kw)
+    try:
+        asyncio.run(_serve(settings))
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+async def _serve(settings: ProxySettings) -> None:
+    server = ProxyServer(settings)
+    running = await _start(server)
+    click.echo(running.summary())
+    sys.stdout.flush()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.shutdown)
+    await server.wait()
+    await server.stop()
+    log.info("stopped")
+
+
+async def _start(server: ProxyServer) -> Running:
+    running = await server.start()
+    if server.recorder.metrics_error:
+        await server.stop()
+        raise StartupError(
+            f"{server.recorder.metrics_error}. Pick another --metrics-port (0 turns it off)."
+        )
+    return running
+
+
+@main.command(context_settings={"allow_interspersed_args": False})
+@proxy_options(default_port=0, default_metrics_port=0)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(command: tuple[str, ...], **kw: Any) -> None:
+    """Run COMMAND with its LLM calls going through a fresh proxy; exit with its exit code.
+
+    \b
+        llmreel run -- pytest tests/
+        llmreel run --mode offline -- python agent.py
+    """
+    settings = _settings(kw)
+    if shutil.which(command[0]) is None and not os.path.exists(command[0]):
+        raise click.ClickException(f"command not found: {command[0]}")
+    try:
+        code = asyncio.run(_run(settings, list(command)))
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
+
+
+async def _run(settings: ProxySettings, command: list[str]) -> int:
+    from .clientenv import client_env, write_bundle
+
+    bundle = write_bundle(settings.confdir)
+    server = ProxyServer(settings)
+    running = await _start(server)
+    log.info("%s", running.summary())
+    reverse = [
+        (r, li.url) for r, li in zip(settings.reverse, _reverse_listeners(running), strict=False)
+    ]
+    env = {**os.environ, **client_env(running.proxy_url, bundle, reverse)}
+    loop = asyncio.get_running_loop()
+    try:
+        proc = await asyncio.create_subprocess_exec(*command, env=env)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, functools.partial(_forward_signal, proc, sig))
+        code = await proc.wait()
+    finally:
+        await server.stop()
+    # A child killed by a signal reports -N; shells report 128+N.
+    return code if code >= 0 else 128 - code
+
+
+def _forward_signal(proc: asyncio.subprocess.Process, sig: int) -> None:
+    if proc.returncode is None:
+        proc.send_signal(sig)
+
+
+def _reverse_listeners(running: Running) -> list[Any]:
+    return [li for li in running.listeners if li.kind == "reverse"]
+
+
+@main.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address of the running proxy."
+)
+@click.option(
+    "--port", "-p", type=int, default=8080, show_default=True, help="Its regular listener's port."
+)
+@click.option("--reverse", multiple=True, callback=_reverse, metavar="URL@PORT",
+              help="Reverse listeners of the running proxy, for SDK base-URL variables.")  # fmt: skip
+@click.option(
+    "--confdir", default=DEFAULT_CONFDIR, show_default=True, help="Where the mitmproxy CA lives."
+)
+def env(host: str, port: int, reverse: list[Reverse], confdir: str) -> None:
+    """Print `export` lines that point a shell at a running proxy.
+
+    \b
+        eval "$(llmreel env)"
+    """
+    from .clientenv import client_env, export_lines, write_bundle
+
+    bundle = write_bundle(confdir)
+    hostport = f"[{host}]" if ":" in host else host
+    pairs = [(r, f"http://{hostport}:{r.port}") for r in reverse]
+    click.echo(export_lines(client_env(f"http://{hostport}:{port}", bundle, pairs)), nl=False)
+
+
+@main.command()
+@click.option(
+    "--confdir", default=DEFAULT_CONFDIR, show_default=True, help="Where the mitmproxy CA lives."
+)
+def ca(confdir: str) -> None:
+    """Create the proxy's CA if needed, print its path, and say how to trust it."""
+    from .clientenv import ensure_ca, write_bundle
+
+    cert = ensure_ca(confdir)
+    bundle = write_bundle(confdir)
+    click.echo(str(cert))
+    click.echo(
+        f"""
+To trust it:
+  one process (Python, curl, Node):  `llmreel run -- CMD` sets this up, or
+      export SSL_CERT_FILE={bundle} REQUESTS_CA_BUNDLE={bundle} \\
+             CURL_CA_BUNDLE={bundle} NODE_EXTRA_CA_CERTS={bundle}
+    ({bundle.name} is the system roots plus this CA, so other HTTPS keeps working.)
+  Debian/Ubuntu, system-wide:
+      sudo cp {cert} /usr/local/share/ca-certificates/llmreel-mitmproxy.crt && sudo update-ca-certificates
+  macOS, system-wide:
+      sudo security add-trusted-cert -d -p ssl -k /Library/Keychains/System.keychain {cert}
+The CA's private key is {cert.parent / "mitmproxy-ca.pem"}: keep it private.""",
+        err=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

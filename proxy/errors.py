@@ -1,0 +1,54 @@
+"""Error responses llmreel itself answers with, in each provider's own error shape.
+
+An SDK then raises its usual exception type with our message in it. The status is a 4xx that the
+official OpenAI and Anthropic SDKs never retry (they retry 408, 409, 429 and 5xx), and the
+response also carries `x-should-retry: false`, so a test sees the error at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+#: Status of an offline miss: "no recording found". 404 is not retried by any SDK we know of.
+MISS_STATUS = 404
+BAD_REQUEST_STATUS = 400
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+
+
+def error_reply(api: str | None, status: int, message: str, code: str) -> ErrorReply:
+    """An error body shaped like the provider of `api` (e.g. "anthropic.messages") would send."""
+    family = (api or "").split(".", 1)[0]
+    payload: object
+    if family == "anthropic":
+        payload = {"type": "error", "error": {"type": code, "message": message}}
+    elif family == "gemini":
+        payload = {"error": {"code": status, "message": message, "status": code.upper()}}
+    else:
+        payload = {"error": {"message": message, "type": code, "param": None, "code": code}}
+    return ErrorReply(
+        status=status,
+        body=orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n",
+        headers=(("content-type", "application/json"), ("x-should-retry", "false")),
+    )
+
+
+def offline_miss(
+    api: str | None, method: str, url: str, key: str, namespace: str, detail: str = ""
+) -> ErrorReply:
+    message = (
+        f"llmreel cache miss: no recording of {method} {url} (key {key}, namespace "
+        f"{namespace!r}) and llmreel is in offline mode, so the request was not sent. "
+        "To record it, run the same command once with --mode auto (LLMREEL_MODE=auto) "
+        "and network access."
+    )
+    if detail:
+        message = f"{message} {detail}"
+    return error_reply(api, MISS_STATUS, message, "llmreel_cache_miss")

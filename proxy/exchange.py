@@ -1,0 +1,102 @@
+"""One proxied LLM exchange, as every consumer (metrics, the log) sees it once it is over."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .modes import Plan
+from .records import Recording
+from .wire import StreamTee
+
+if TYPE_CHECKING:
+    from .providers import Endpoint, ResponseSummary, Usage
+
+#: Cache outcomes, as they appear in the `llmreel-cache` response header, metrics and the log.
+CACHE_OUTCOMES = ("hit", "miss", "bypass", "refresh", "offline_miss", "passthrough")
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id(now: float | None = None, entropy: bytes | None = None) -> str:
+    """A ULID: 26 characters that sort by creation time (48-bit ms clock, 80 random bits)."""
+    millis = int((time.time() if now is None else now) * 1000)
+    value = (millis << 80) | int.from_bytes(entropy or os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+@dataclass(slots=True)
+class Exchange:
+    """Everything known about one exchange when it ends. Secrets are already masked."""
+
+    id: str
+    started: float
+    """Unix time the request started arriving."""
+    method: str
+    url: str
+    """Upstream URL, credentials in the query masked."""
+    endpoint: Endpoint
+    cache: str
+    """One of `CACHE_OUTCOMES`."""
+    namespace: str
+    key: str
+    model: str | None = None
+    """Model the request asked for (gen_ai.request.model)."""
+    response_model: str | None = None
+    status: int | None = None
+    """HTTP status the client got, or None when no response was completed."""
+    error: str | None = None
+    error_type: str | None = None
+    """Short class of the error: an HTTP status code, `timeout`, `stream_cut`, ..."""
+    duration_s: float = 0.0
+    upstream_s: float | None = None
+    """Time spent waiting on the upstream, None when it was not called."""
+    ttfc_s: float | None = None
+    stream: bool = False
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    recorded: bool = False
+    client: str = ""
+    listener: str = ""
+    request_headers: list[tuple[str, str]] = field(default_factory=list)
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    request_body: bytes = b""
+    response_body: bytes = b""
+    summary: ResponseSummary | None = None
+
+    @property
+    def status_class(self) -> str:
+        if self.status is None:
+            return "error"
+        return f"{self.status // 100}xx"
+
+    @property
+    def billed(self) -> bool:
+        """Whether the upstream was called (and so billed) for this exchange."""
+        return self.cache not in ("hit", "offline_miss")
+
+
+@dataclass(slots=True)
+class FlowState:
+    """The addon's state for one flow in progress, kept in `flow.metadata["llmreel"]`."""
+
+    endpoint: Endpoint
+    plan: Plan
+    namespace: str
+    key: str
+    canonical: dict[str, Any]
+    model: str | None
+    started: float
+    """Monotonic time the request hook ran."""
+    forwarded_at: float | None = None
+    outcome: str = ""
+    replay: Recording | None = None
+    tee: StreamTee | None = None
+    leader: bool = False
+    request_headers: list[tuple[str, str]] = field(default_factory=list)

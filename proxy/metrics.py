@@ -1,0 +1,234 @@
+"""Prometheus metrics: llmreel's own counters and the OpenTelemetry GenAI histograms.
+
+Every metric lives on a `CollectorRegistry` that is passed in, never the global default one, so
+tests and mitmproxy script reloads each get a clean set. Label cardinality is bounded: no keys,
+ids, prompts or users are labels, and the number of distinct model values is capped, with the
+overflow counted under `other`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .store import WRITE_ERROR_REASONS
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from .exchange import Exchange
+    from .store import StoreStats
+
+log = logging.getLogger(__name__)
+
+# OpenTelemetry GenAI semantic-convention bucket boundaries.
+DURATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+TOKEN_BUCKETS = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
+OTHER = "other"
+DEFAULT_MAX_MODELS = 200
+
+
+def llmreel_version() -> str:
+    try:
+        return version("llmreel")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class LabelCap:
+    """Admits the first `limit` distinct values of a label; later ones become `other`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str | None) -> str:
+        value = value or "unknown"
+        if value in self._seen:
+            return value
+        with self._lock:
+            if len(self._seen) < self.limit:
+                self._seen.add(value)
+                return value
+        return OTHER
+
+
+class _StoreCollector(Collector):
+    """Reads store size and entry count at scrape time."""
+
+    def __init__(self, stats: Callable[[], StoreStats | None]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._stats()
+        if stats is None:
+            return []
+        size = GaugeMetricFamily(
+            "llmreel_store_size_bytes", "Bytes used by the recording store's data file."
+        )
+        size.add_metric([], stats.size_bytes)
+        entries = GaugeMetricFamily("llmreel_store_entries", "Recordings in the store.")
+        entries.add_metric([], stats.entries)
+        return [size, entries]
+
+
+class Metrics:
+    """All of llmreel's metrics, registered on one registry."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        store_stats: Callable[[], StoreStats | None] = lambda: None,
+        max_models: int = DEFAULT_MAX_MODELS,
+    ) -> None:
+        self.registry = registry
+        self.model_label = LabelCap(max_models)
+        r = registry
+        self.requests = Counter(
+            "llmreel_requests",
+            "Proxied LLM requests, by cache outcome and response status class.",
+            ["provider", "model", "operation", "cache", "status_class"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "llmreel_tokens",
+            "Tokens billed upstream (input includes cache tokens; output includes reasoning).",
+            ["provider", "model", "type"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "llmreel_cost_usd", "US dollars billed upstream.", ["provider", "model"], registry=r
+        )
+        self.saved_tokens = Counter(
+            "llmreel_saved_tokens",
+            "Tokens that cache hits avoided paying for.",
+            ["provider", "model", "type"],
+            registry=r,
+        )
+        self.saved_cost = Counter(
+            "llmreel_saved_cost_usd",
+            "US dollars that cache hits avoided.",
+            ["provider", "model"],
+            registry=r,
+        )
+        self.unpriced = Counter(
+            "llmreel_unpriced_requests",
+            "Responses with usage whose model has no known price (their cost is unknown).",
+            ["provider", "model"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "llmreel_upstream_errors",
+            "Upstream failures: HTTP error statuses, timeouts, resets, cut streams.",
+            ["provider", "error_type"],
+            registry=r,
+        )
+        self.store_write_errors = Counter(
+            "llmreel_store_write_errors",
+            "Recordings that could not be written (disk full, map full, I/O error).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in WRITE_ERROR_REASONS:  # zero series, so rate() has data before a failure
+            self.store_write_errors.labels(reason)
+        self.build_info = Gauge(
+            "llmreel_build_info", "llmreel build information.", ["version"], registry=r
+        )
+        self.build_info.labels(version=llmreel_version()).set(1)
+        gen_ai = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"]
+        self.duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "GenAI operation duration, as the client saw it.",
+            [*gen_ai, "error_type"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.token_usage = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens billed upstream per operation, by token type (input or output).",
+            [*gen_ai, "gen_ai_token_type"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.ttfc = Histogram(
+            "gen_ai_client_operation_time_to_first_chunk_seconds",
+            "Time from the request being sent to the first streamed chunk.",
+            gen_ai,
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "llmreel_upstream_duration_seconds",
+            "Time spent waiting on the upstream, from forwarding the request to its last byte.",
+            ["provider"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "llmreel_overhead_seconds",
+            "Time llmreel itself added to an exchange (total minus upstream time).",
+            ["cache"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        registry.register(_StoreCollector(store_stats))
+
+    def observe(self, ex: Exchange) -> None:
+        """Account for one finished exchange."""
+        ep = ex.endpoint
+        model = self.model_label(ex.model or ex.response_model)
+        provider = ep.provider
+        self.requests.labels(provider, model, ep.operation, ex.cache, ex.status_class).inc()
+        gen_ai = (ep.operation, ep.otel_provider, model)
+        self.duration.labels(*gen_ai, ex.error_type or "").observe(ex.duration_s)
+        if ex.upstream_s is not None:
+            self.upstream_duration.labels(provider).observe(ex.upstream_s)
+            self.overhead.labels(ex.cache).observe(max(ex.duration_s - ex.upstream_s, 0.0))
+        else:
+            self.overhead.labels(ex.cache).observe(ex.duration_s)
+        if ex.error_type is not None and ex.billed:
+            self.upstream_errors.labels(provider, ex.error_type).inc()
+        if ex.ttfc_s is not None and ex.stream and ex.billed:
+            self.ttfc.labels(*gen_ai).observe(ex.ttfc_s)
+        usage = ex.usage
+        if usage is None:
+            return
+        counts = usage.as_dict()
+        if ex.cache == "hit":
+            _add_tokens(self.saved_tokens, provider, model, counts)
+            if ex.cost_usd is not None:
+                self.saved_cost.labels(provider, model).inc(ex.cost_usd)
+            return
+        if not ex.billed:
+            return
+        _add_tokens(self.tokens, provider, model, counts)
+        self.token_usage.labels(*gen_ai, "input").observe(usage.input)
+        self.token_usage.labels(*gen_ai, "output").observe(usage.output)
+        if ex.cost_usd is None:
+            self.unpriced.labels(provider, model).inc()
+        else:
+            self.cost.labels(provider, model).inc(ex.cost_usd)
+
+    def store_write_failed(self, reason: str) -> None:
+        self.store_write_errors.labels(reason).inc()
+
+
+def _add_tokens(counter: Counter, provider: str, model: str, counts: dict[str, int]) -> None:
+    for kind in TOKEN_TYPES:
+        if counts[kind]:
+            counter.labels(provider, model, kind).inc(counts[kind])

@@ -1,0 +1,219 @@
+"""Running mitmproxy with the llmreel addon from our own code (for `llmreel serve` and `run`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import exceptions
+from mitmproxy.options import Options
+from mitmproxy.tools.dump import DumpMaster
+
+log = logging.getLogger("llmreel")
+
+DEFAULT_CONFDIR = "~/.mitmproxy"
+
+
+class StartupError(Exception):
+    """The proxy could not start; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reverse:
+    """A reverse-proxy listener: clients use http://HOST:PORT as the base URL of `upstream`."""
+
+    upstream: str
+    port: int
+
+    @classmethod
+    def parse(cls, spec: str) -> Reverse:
+        """Parse `URL@PORT` (or just `URL`, for a free port)."""
+        url, sep, port = spec.rpartition("@")
+        if not sep:
+            url, port = spec, "0"
+        if not url.startswith(("http://", "https://")) or not port.isdigit():
+            raise ValueError(
+                f"{spec!r} is not URL@PORT, e.g. --reverse https://api.openai.com@8081"
+            )
+        return cls(url.rstrip("/"), int(port))
+
+
+@dataclass(slots=True)
+class ProxySettings:
+    mode: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    reverse: Sequence[Reverse] = ()
+    store: str = ".llmreel"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    confdir: str = DEFAULT_CONFDIR
+    ssl_insecure: bool = False
+    namespace: str = "default"
+    hosts: Sequence[str] = ()
+    ignore_fields: Sequence[str] = ()
+    prices: str | None = None
+    proxy_auth: str | None = None
+    sets: Sequence[str] = ()
+    """Raw mitmproxy `NAME=VALUE` options, applied last."""
+
+
+@dataclass(slots=True)
+class Listener:
+    kind: str
+    url: str
+    upstream: str | None = None
+
+
+@dataclass(slots=True)
+class Running:
+    """What a started proxy listens on."""
+
+    listeners: list[Listener] = field(default_factory=list)
+    metrics_url: str | None = None
+    ca_cert: str = ""
+    store: str = ""
+    mode: str = ""
+
+    @property
+    def proxy_url(self) -> str:
+        return next(li.url for li in self.listeners if li.kind == "regular")
+
+    def summary(self) -> str:
+        parts = []
+        for li in self.listeners:
+            parts.append(f"{li.kind} {li.url}" + (f" -> {li.upstream}" if li.upstream else ""))
+        return (
+            f"llmreel ready: {', '.join(parts)} | mode {self.mode} | store {self.store} | "
+            f"metrics {self.metrics_url or 'off'} | CA {self.ca_cert}"
+        )
+
+
+class ProxyServer:
+    """One in-process mitmproxy with the llmreel addon. Create and use inside a running loop."""
+
+    def __init__(self, settings: ProxySettings, recorder: Any | None = None) -> None:
+        from addons.recorder import Recorder
+
+        self.settings = settings
+        self.recorder = recorder if recorder is not None else Recorder()
+        self.master: DumpMaster | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Running:
+        s = self.settings
+        master = DumpMaster(Options(), with_termlog=False, with_dumper=False)
+        # We report startup errors ourselves instead of letting errorcheck exit the process.
+        if (errorcheck := master.addons.get("errorcheck")) is not None:
+            master.addons.remove(errorcheck)
+        master.addons.add(self.recorder)
+        modes = [f"regular@{_hostport(s.host, s.port)}"]
+        # mitmproxy refuses two listeners on one address, and "port 0" counts as one address.
+        modes += [
+            f"reverse:{r.upstream}@{_hostport(s.host, r.port or _free_port(s.host))}"
+            for r in s.reverse
+        ]
+        try:
+            master.options.update(
+                mode=modes,
+                confdir=s.confdir,
+                ssl_insecure=s.ssl_insecure,
+                connection_strategy="lazy",
+                llmreel_mode=s.mode,
+                llmreel_store=s.store,
+                llmreel_namespace=s.namespace,
+                llmreel_metrics_host=s.metrics_host,
+                llmreel_metrics_port=s.metrics_port,
+                llmreel_hosts=list(s.hosts),
+                llmreel_ignore_fields=list(s.ignore_fields),
+                llmreel_prices=s.prices,
+            )
+            if s.proxy_auth:
+                master.options.update(proxyauth=s.proxy_auth)
+            if s.sets:
+                master.options.set(*s.sets)
+        except exceptions.OptionsError as exc:
+            await _close_master(master)
+            raise StartupError(str(exc)) from exc
+        self.master = master
+        self._task = asyncio.create_task(master.run())
+        proxyserver = master.addons.get("proxyserver")
+        # setup_servers() completes before the running hook; wait for the recorder to see it.
+        for _ in range(400):
+            if self._task.done() or self.recorder.is_running:
+                break
+            await asyncio.sleep(0.025)
+        failures = [str(srv.last_exception) for srv in proxyserver.servers if srv.last_exception]
+        if self._task.done() or failures or not self.recorder.is_running:
+            await self.stop()
+            reason = "; ".join(failures) or "mitmproxy did not start"
+            raise StartupError(
+                f"could not start the proxy: {reason}. Is the port in use? Pick another with "
+                "--port (or --reverse URL@PORT)."
+            )
+        running = Running(
+            store=str(Path(s.store).resolve()),
+            mode=s.mode,
+            ca_cert=str(Path(os.path.expanduser(s.confdir)) / "mitmproxy-ca-cert.pem"),
+        )
+        for srv in proxyserver.servers:
+            host, port = srv.listen_addrs[0][:2]
+            url = f"http://{_hostport(host, port)}"
+            upstream = getattr(srv.mode, "data", None) if srv.mode.type_name == "reverse" else None
+            running.listeners.append(Listener(srv.mode.type_name, url, upstream))
+        if self.recorder.metrics_port:
+            running.metrics_url = (
+                f"http://{_hostport(s.metrics_host, self.recorder.metrics_port)}/metrics"
+            )
+        return running
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    def shutdown(self) -> None:
+        if self.master is not None:
+            self.master.shutdown()
+
+    async def stop(self) -> None:
+        if self.master is None or self._task is None:
+            return
+        # Close client connections first and let their handlers finish; cancelling them at
+        # loop shutdown instead prints CancelledError tracebacks for every keep-alive client.
+        proxyserver = self.master.addons.get("proxyserver")
+        for handler in list(proxyserver.connections.values()):
+            io = handler.transports.get(handler.client)
+            if io is not None and io.writer is not None:
+                with contextlib.suppress(Exception):
+                    io.writer.close()
+        for _ in range(100):
+            if not proxyserver.connections:
+                break
+            await asyncio.sleep(0.02)
+        self.master.shutdown()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.master = None
+
+
+async def _close_master(master: DumpMaster) -> None:
+    with contextlib.suppress(Exception):
+        await master.done()
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

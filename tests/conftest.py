@@ -1,0 +1,137 @@
+"""Shared fixtures: a fake upstream, and a real llmreel proxy running in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from proxy.clientenv import write_bundle
+from proxy.server import ProxyServer, ProxySettings, Running
+from tests.fakeupstream import FakeUpstream
+
+# Tests must set their own trust settings: these machines export system-bundle variables.
+for _name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTPS_PROXY", "HTTP_PROXY",
+              "https_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):  # fmt: skip
+    os.environ.pop(_name, None)
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = ""
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream(tls=True) as up:
+        yield up
+
+
+@pytest.fixture
+def fake(upstream: FakeUpstream) -> FakeUpstream:
+    """The session's fake upstream, with its request log cleared."""
+    upstream.reset()
+    return upstream
+
+
+@pytest.fixture(scope="session")
+def confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One mitmproxy CA for the whole session (generating a key takes a while)."""
+    path = tmp_path_factory.mktemp("confdir")
+    write_bundle(str(path))
+    return path
+
+
+class ProxyThread:
+    """A real llmreel proxy (mitmproxy + the addon) on its own event loop in a thread."""
+
+    def __init__(self, settings: ProxySettings) -> None:
+        self.settings = settings
+        self.server: ProxyServer | None = None
+        self.running: Running | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="llmreel-proxy", daemon=True)
+
+    def start(self) -> ProxyThread:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("proxy did not start in 30 s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.server = ProxyServer(self.settings)
+        try:
+            self.running = await self.server.start()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        await self.server.wait()
+        await self.server.stop()
+
+    def stop(self) -> None:
+        if self.server is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.server.shutdown)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "proxy thread did not stop"
+
+    @property
+    def url(self) -> str:
+        assert self.running is not None
+        return self.running.proxy_url
+
+    @property
+    def recorder(self) -> Any:
+        assert self.server is not None
+        return self.server.recorder
+
+    def reverse_url(self, index: int = 0) -> str:
+        assert self.running is not None
+        return [li.url for li in self.running.listeners if li.kind == "reverse"][index]
+
+
+@pytest.fixture
+def make_proxy(
+    tmp_path: Path, confdir: Path, upstream: FakeUpstream
+) -> Iterator[Callable[..., ProxyThread]]:
+    """Start proxies on free ports; each is stopped at the end of the test."""
+    started: list[ProxyThread] = []
+
+    def make(**overrides: Any) -> ProxyThread:
+        settings = ProxySettings(
+            port=0,
+            metrics_port=0,
+            store=str(tmp_path / "store"),
+            confdir=str(confdir),
+            sets=[f"ssl_verify_upstream_trusted_ca={upstream.cert_path}"],
+        )
+        proxy = ProxyThread(replace(settings, **overrides)).start()
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture
+def bundle(confdir: Path) -> str:
+    return str(confdir / "llmreel-ca-bundle.pem")
+
+
+def http_client(proxy: ProxyThread, bundle: str, **kw: Any) -> httpx.Client:
+    """An httpx client that goes through the proxy and trusts its CA."""
+    return httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=bundle), timeout=30, **kw)

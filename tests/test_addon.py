@@ -1,0 +1,320 @@
+"""The addon's decisions, driven with mitmproxy's own test helpers (no sockets)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from mitmproxy import connection
+from mitmproxy.proxy import server_hooks
+from mitmproxy.test import taddons, tflow, tutils
+from prometheus_client import CollectorRegistry
+
+from addons.recorder import Recorder
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
+CHAT_RESPONSE = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "model": "gpt-4o-mini-2024-07-18",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
+}
+
+
+@pytest.fixture
+async def recorder(tmp_path: Path) -> AsyncIterator[Recorder]:
+    addon = Recorder(registry=CollectorRegistry())
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, llmreel_store=str(tmp_path / "store"))
+        addon.tctx = tctx  # type: ignore[attr-defined]
+        yield addon
+    addon.done()
+
+
+def configure(recorder: Recorder, **options: Any) -> None:
+    recorder.tctx.configure(recorder, **options)  # type: ignore[attr-defined]
+
+
+def chat_flow(body: Any = CHAT, headers: dict[str, str] | None = None, host: str = "api.openai.com",
+              path: str = "/v1/chat/completions") -> Any:  # fmt: skip
+    req = tutils.treq(
+        method=b"POST", scheme=b"https", host=host, port=443, path=path.encode(),
+        headers=((b"content-type", b"application/json"),), content=json.dumps(body).encode(),
+    )  # fmt: skip
+    for name, value in (headers or {}).items():
+        req.headers[name] = value
+    return tflow.tflow(req=req)
+
+
+def upstream_response(flow: Any, body: Any = CHAT_RESPONSE, status: int = 200,
+                      content_type: str = "application/json") -> None:  # fmt: skip
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    flow.response = tutils.tresp(
+        status_code=status, content=raw,
+        headers=((b"content-type", content_type.encode()), (b"set-cookie", b"__cf_bm=SECRET; path=/")),
+    )  # fmt: skip
+
+
+async def exchange(recorder: Recorder, flow: Any, **response: Any) -> Any:
+    """Run the hooks in mitmproxy's order; an upstream answers unless the addon already did."""
+    await recorder.request(flow)
+    if flow.response is None:
+        upstream_response(flow, **response)
+        forwarded = True
+    else:
+        forwarded = False
+    recorder.responseheaders(flow)
+    if flow.response.stream and forwarded:
+        for chunk in (flow.response.content[:10], flow.response.content[10:], b""):
+            flow.response.stream(chunk)
+    await recorder.response(flow)
+    assert recorder.store is not None
+    recorder.store.flush(5)
+    return flow
+
+
+def sample(recorder: Recorder, name: str, **labels: str) -> float:
+    return recorder.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_miss_is_recorded_then_replayed(recorder: Recorder) -> None:
+    first = await exchange(recorder, chat_flow())
+    assert first.response.headers["llmreel-cache"] == "miss"
+    key = first.response.headers["llmreel-key"]
+    assert len(key) == 32
+
+    second = await exchange(recorder, chat_flow())
+    assert second.response.headers["llmreel-cache"] == "hit"
+    assert second.response.headers["llmreel-key"] == key
+    assert json.loads(second.response.content) == CHAT_RESPONSE
+    assert second.response.headers["content-type"] == "application/json"
+    assert "set-cookie" not in second.response.headers
+
+
+async def test_sdk_and_credential_differences_hit_the_same_recording(recorder: Recorder) -> None:
+    await exchange(recorder, chat_flow(headers={"authorization": "Bearer sk-aaaaaaaaaaaaaaaaaaaaaaaa",
+                                                "user-agent": "OpenAI/Python 1.0"}))  # fmt: skip
+    again = await exchange(recorder, chat_flow(headers={"authorization": "Bearer sk-bbbbbbbbbbbbbbbbbbbbbbbbb",
+                                                        "user-agent": "OpenAI/JS 4.0",
+                                                        "x-stainless-retry-count": "1"}))  # fmt: skip
+    assert again.response.headers["llmreel-cache"] == "hit"
+
+
+async def test_changed_prompt_is_a_new_recording(recorder: Recorder) -> None:
+    await exchange(recorder, chat_flow())
+    changed = await exchange(recorder, chat_flow({**CHAT, "temperature": 0}))
+    assert changed.response.headers["llmreel-cache"] == "miss"
+
+
+async def test_offline_miss_is_a_clear_non_retryable_error(recorder: Recorder) -> None:
+    configure(recorder, llmreel_mode="offline")
+    flow = await exchange(recorder, chat_flow())
+    assert flow.response.status_code == 404
+    assert flow.response.headers["x-should-retry"] == "false"
+    assert flow.response.headers["llmreel-cache"] == "offline_miss"
+    error = json.loads(flow.response.content)["error"]
+    assert error["message"].startswith("llmreel cache miss")
+    assert flow.response.headers["llmreel-key"] in error["message"]
+    assert "--mode auto" in error["message"]
+    assert sample(recorder, "llmreel_requests_total", provider="openai", model="gpt-4o-mini",
+                  operation="chat", cache="offline_miss", status_class="4xx") == 1  # fmt: skip
+
+
+async def test_offline_miss_uses_the_providers_error_shape(recorder: Recorder) -> None:
+    configure(recorder, llmreel_mode="offline")
+    flow = await exchange(
+        recorder,
+        chat_flow({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": []},
+                  host="api.anthropic.com", path="/v1/messages"),
+    )  # fmt: skip
+    body = json.loads(flow.response.content)
+    assert body["type"] == "error"
+    assert body["error"]["message"].startswith("llmreel cache miss")
+
+
+async def test_offline_replays_what_auto_recorded(recorder: Recorder) -> None:
+    await exchange(recorder, chat_flow())
+    configure(recorder, llmreel_mode="offline")
+    flow = await exchange(recorder, chat_flow())
+    assert flow.response.headers["llmreel-cache"] == "hit"
+
+
+def test_offline_refuses_every_upstream_connection(recorder: Recorder) -> None:
+    configure(recorder, llmreel_mode="offline")
+    server = connection.Server(address=("api.openai.com", 443))
+    data = server_hooks.ServerConnectionHookData(server=server, client=tflow.tclient_conn())
+    recorder.server_connect(data)
+    assert server.error is not None and "offline" in server.error
+
+
+def test_auto_mode_allows_upstream_connections(recorder: Recorder) -> None:
+    server = connection.Server(address=("api.openai.com", 443))
+    recorder.server_connect(server_hooks.ServerConnectionHookData(server=server, client=tflow.tclient_conn()))
+    assert server.error is None
+
+
+async def test_control_headers_are_removed_before_upstream(recorder: Recorder) -> None:
+    flow = chat_flow(headers={"llmreel-cache": "bypass", "llmreel-namespace": "test_a"})
+    await recorder.request(flow)
+    assert "llmreel-cache" not in flow.request.headers
+    assert "llmreel-namespace" not in flow.request.headers
+    assert flow.response is None  # forwarded
+
+
+async def test_bypass_neither_reads_nor_writes(recorder: Recorder) -> None:
+    await exchange(recorder, chat_flow())
+    flow = await exchange(recorder, chat_flow(headers={"llmreel-cache": "bypass"}))
+    assert flow.response.headers["llmreel-cache"] == "bypass"
+    assert recorder.store is not None and recorder.store.stats().entries == 1
+
+
+async def test_refresh_overwrites(recorder: Recorder) -> None:
+    await exchange(recorder, chat_flow())
+    newer = {**CHAT_RESPONSE, "id": "chatcmpl-2"}
+    flow = await exchange(recorder, chat_flow(headers={"llmreel-cache": "refresh"}), body=newer)
+    assert flow.response.headers["llmreel-cache"] == "refresh"
+    hit = await exchange(recorder, chat_flow())
+    assert json.loads(hit.response.content)["id"] == "chatcmpl-2"
+
+
+async def test_only_serves_or_fails_without_network(recorder: Recorder) -> None:
+    flow = await exchange(recorder, chat_flow(headers={"llmreel-cache": "only"}))
+    assert flow.response.status_code == 404
+
+
+async def test_unknown_control_value_is_rejected_with_the_valid_ones(recorder: Recorder) -> None:
+    flow = chat_flow(headers={"llmreel-cache": "sometimes"})
+    await recorder.request(flow)
+    assert flow.response.status_code == 400
+    message = json.loads(flow.response.content)["error"]["message"]
+    assert "bypass, refresh, only" in message
+
+
+async def test_namespaces_scope_recordings(recorder: Recorder) -> None:
+    await exchange(recorder, chat_flow(headers={"llmreel-namespace": "test_one"}))
+    other = await exchange(recorder, chat_flow(headers={"llmreel-namespace": "test_two"}))
+    assert other.response.headers["llmreel-cache"] == "miss"
+    same = await exchange(recorder, chat_flow(headers={"llmreel-namespace": "test_one"}))
+    assert same.response.headers["llmreel-cache"] == "hit"
+
+
+async def test_passthrough_never_touches_the_cache(recorder: Recorder) -> None:
+    configure(recorder, llmreel_mode="passthrough")
+    await exchange(recorder, chat_flow())
+    flow = await exchange(recorder, chat_flow())
+    assert flow.response.headers["llmreel-cache"] == "passthrough"
+    assert recorder.store is not None and recorder.store.stats().entries == 0
+    assert sample(recorder, "llmreel_tokens_total", provider="openai", model="gpt-4o-mini", type="input") == 18
+
+
+@pytest.mark.parametrize("status", [400, 401, 429, 500, 529])
+async def test_errors_pass_through_unrecorded(recorder: Recorder, status: int) -> None:
+    flow = await exchange(recorder, chat_flow(), status=status, body={"error": {"message": "no"}})
+    assert flow.response.status_code == status
+    assert recorder.store is not None and recorder.store.stats().entries == 0
+    assert sample(recorder, "llmreel_upstream_errors_total", provider="openai", error_type=str(status)) == 1
+
+
+async def test_non_llm_traffic_is_untouched(recorder: Recorder) -> None:
+    flow = tflow.tflow(req=tutils.treq(method=b"GET", host="example.com", path=b"/index.html"))
+    await recorder.request(flow)
+    assert flow.response is None
+    assert "llmreel" not in flow.metadata
+    models = tflow.tflow(req=tutils.treq(method=b"GET", host="api.openai.com", path=b"/v1/models"))
+    await recorder.request(models)
+    assert "llmreel" not in models.metadata
+
+
+async def test_streams_are_teed_and_recorded_with_chunk_timings(recorder: Recorder) -> None:
+    sse = (
+        b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n'
+        b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    body = {**CHAT, "stream": True}
+    flow = await exchange(recorder, chat_flow(body), body=sse, content_type="text/event-stream; charset=utf-8")
+    assert callable(flow.response.stream)
+    assert recorder.store is not None
+    rec = recorder.store.get("default", flow.response.headers["llmreel-key"])
+    assert rec is not None and rec.body == sse
+    assert [n for _, n in rec.chunks] == [10, len(sse) - 10]
+    hit = await exchange(recorder, chat_flow(body))
+    assert hit.response.content == sse
+    assert hit.response.headers["content-type"] == "text/event-stream; charset=utf-8"
+
+
+async def test_incomplete_stream_is_not_recorded(recorder: Recorder) -> None:
+    sse = b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+    flow = await exchange(recorder, chat_flow({**CHAT, "stream": True}), body=sse,
+                          content_type="text/event-stream")  # fmt: skip
+    assert flow.response.status_code == 200
+    assert recorder.store is not None and recorder.store.stats().entries == 0
+
+
+async def test_no_secret_reaches_the_store(recorder: Recorder, tmp_path: Path) -> None:
+    secret = "sk-proj-THISISAVERYSECRETKEY1234567890"
+    await exchange(recorder, chat_flow(headers={"authorization": f"Bearer {secret}", "x-api-key": secret,
+                                                "cookie": f"session={secret}"}))  # fmt: skip
+    gemini = chat_flow({"contents": []}, host="generativelanguage.googleapis.com",
+                       path=f"/v1beta/models/gemini-2.5-flash:generateContent?key={secret}")  # fmt: skip
+    gemini_body = {"candidates": [], "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1}}
+    await exchange(recorder, gemini, body=gemini_body)
+    assert recorder.store is not None and recorder.store.stats().entries == 2
+    recorder.done()
+    for file in (tmp_path / "store").iterdir():
+        data = file.read_bytes()
+        assert secret.encode() not in data
+        assert b"SECRET" not in data  # the upstream's set-cookie
+
+
+async def test_hits_count_as_saved_not_billed(recorder: Recorder) -> None:
+    await exchange(recorder, chat_flow())
+    await exchange(recorder, chat_flow())
+    labels = {"provider": "openai", "model": "gpt-4o-mini"}
+    assert sample(recorder, "llmreel_tokens_total", **labels, type="input") == 9
+    assert sample(recorder, "llmreel_saved_tokens_total", **labels, type="input") == 9
+    assert sample(recorder, "llmreel_saved_tokens_total", **labels, type="output") == 3
+    assert sample(recorder, "llmreel_requests_total", **labels, operation="chat", cache="hit", status_class="2xx") == 1
+    assert sample(recorder, "llmreel_cost_usd_total", **labels) > 0
+    assert sample(recorder, "llmreel_saved_cost_usd_total", **labels) == pytest.approx(
+        sample(recorder, "llmreel_cost_usd_total", **labels)
+    )
+
+
+async def test_single_flight_waits_for_the_leader(recorder: Recorder) -> None:
+    import asyncio
+
+    leader = chat_flow()
+    await recorder.request(leader)
+    assert leader.response is None  # on its way upstream
+    follower = chat_flow()
+    waiting = asyncio.ensure_future(recorder.request(follower))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    upstream_response(leader)
+    recorder.responseheaders(leader)
+    await recorder.response(leader)
+    await asyncio.wait_for(waiting, 5)
+    assert follower.response.headers["llmreel-cache"] == "hit"
+
+
+def test_bad_options_are_reported(recorder: Recorder) -> None:
+    from mitmproxy import exceptions
+
+    with pytest.raises(exceptions.OptionsError, match="HOST=PROVIDER"):
+        configure(recorder, llmreel_hosts=["nonsense"])
+    with pytest.raises(exceptions.OptionsError):
+        configure(recorder, llmreel_mode="sometimes")
+
+
+def test_the_script_file_loads_into_mitmproxy(tmp_path: Path) -> None:
+    script = Path(__file__).parent.parent / "addons" / "recorder.py"
+    with taddons.context() as tctx:
+        loaded = tctx.script(str(script))
+        assert type(loaded.addons[0]).__name__ == "Recorder"
+    _ = orjson  # keep import used
