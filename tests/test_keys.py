@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.keys import KeyConfig, canonical_request, request_digest
+from proxy.keys import DEFAULT_KEY_CONFIG, KeyConfig, canonical_request, request_digest
 
 BODY = {
     "model": "gpt-4o-mini",
@@ -30,7 +30,7 @@ def key(
     query: list[tuple[str, str]] | None = None,
     headers: list[tuple[str, str]] | None = None,
     raw: bytes | None = None,
-    config: KeyConfig = KeyConfig(),
+    config: KeyConfig = DEFAULT_KEY_CONFIG,
 ) -> str:
     data = raw if raw is not None else json.dumps(body).encode()
     canonical = canonical_request(

@@ -10,7 +10,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from proxy.records import Recording, RecordError, pack, unpack
+from proxy.records import RecordError, Recording, pack, unpack
 from proxy.store import LmdbStore, StoreError
 
 
