@@ -30,7 +30,12 @@ MAX_MAP_SIZE = 1 << 40
 _BATCH = 256
 
 
-_Job = tuple[Recording | None, concurrent.futures.Future[None]]
+# A job for the writer thread: writes (database, key, value; None deletes) and its future.
+# An empty list of writes is a flush marker: its future resolves once earlier jobs committed.
+_Writes = list[tuple[bytes, bytes, bytes | None]]
+_Job = tuple[_Writes, concurrent.futures.Future[None]]
+#: Named databases in a store. "entries" holds recordings; the others sit beside them.
+DATABASES = (b"meta", b"entries", b"log", b"used")
 
 
 #: Why a write failed, as counted in `llmreel_store_write_errors_total{reason}`.
@@ -62,6 +67,7 @@ class Store(Protocol):
     def delete(self, namespace: str, key: str, seq: int = 0) -> bool: ...
     def iter(self, namespace: str | None = None) -> Iterator[Recording]: ...
     def stats(self) -> StoreStats: ...
+    def flush(self, timeout: float | None = None) -> None: ...
     def close(self) -> None: ...
 
 
@@ -86,8 +92,10 @@ class LmdbStore:
         *,
         create: bool = True,
         map_size: int = INITIAL_MAP_SIZE,
+        max_map_size: int = MAX_MAP_SIZE,
     ) -> None:
         self.path = str(path)
+        self.max_map_size = max_map_size
         directory = Path(self.path)
         if not directory.exists():
             if not create:
@@ -103,7 +111,7 @@ class LmdbStore:
             self.env = lmdb.open(
                 self.path,
                 map_size=map_size,
-                max_dbs=8,
+                max_dbs=16,
                 mode=0o600,
                 readahead=False,
                 max_readers=512,
@@ -119,13 +127,13 @@ class LmdbStore:
                 file.chmod(0o600)
         self._lock = threading.Lock()  # excludes transactions during a map resize
         try:
-            self._meta = self.env.open_db(b"meta")
-            self._entries = self.env.open_db(b"entries")
+            self._dbs = {name: self.env.open_db(name) for name in DATABASES}
+            self._meta = self._dbs[b"meta"]
+            self._entries = self._dbs[b"entries"]
             self._check_schema()
         except lmdb.Error as exc:
             self.env.close()
             raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
-        # Jobs for the writer thread: a recording to write, or None for "tell me when you get here".
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._closed = False
@@ -161,10 +169,11 @@ class LmdbStore:
                 f"remove it with `llmreel cache rm {key}` and record it again"
             ) from exc
 
-    def _read(self, db_key: bytes) -> bytes | None:
+    def _read(self, db_key: bytes, db: bytes = b"entries") -> bytes | None:
+        handle = self._dbs[db]
         for _attempt in range(2):
             try:
-                with self._lock, self.env.begin(db=self._entries) as txn:
+                with self._lock, self.env.begin(db=handle) as txn:
                     value: bytes | None = txn.get(db_key)
                     return value
             except lmdb.MapResizedError:
@@ -194,6 +203,46 @@ class LmdbStore:
         except lmdb.Error as exc:
             raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
 
+    def get_raw(self, db: bytes, key: bytes) -> bytes | None:
+        """A value from one of the named `DATABASES`."""
+        return self._read(key, db)
+
+    def iter_raw(
+        self, db: bytes, *, prefix: bytes = b"", start: bytes | None = None, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs of a named database in key order (or reversed), from one snapshot.
+
+        `start` positions the cursor (inclusive): the first key >= start, or <= start in reverse.
+        """
+        try:
+            with self.env.begin(db=self._dbs[db]) as txn:
+                cursor = txn.cursor()
+                if reverse:
+                    upper = start if start is not None else _prefix_end(prefix) or None
+                    if upper is None or not cursor.set_range(upper):
+                        positioned = cursor.last()
+                    elif start is not None and cursor.key() == start:
+                        positioned = True  # `start` is inclusive
+                    else:
+                        positioned = cursor.prev()
+                    items = cursor.iterprev(keys=True, values=True) if positioned else iter(())
+                else:
+                    positioned = cursor.set_range(start if start is not None else prefix)
+                    items = cursor.iternext(keys=True, values=True) if positioned else iter(())
+                for key, value in items:
+                    if prefix and not key.startswith(prefix):
+                        break
+                    yield bytes(key), bytes(value)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
+
+    def count(self, db: bytes) -> int:
+        try:
+            with self._lock, self.env.begin(db=self._dbs[db]) as txn:
+                return int(txn.stat(self._dbs[db])["entries"])
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
+
     def stats(self) -> StoreStats:
         try:
             with self._lock, self.env.begin(db=self._entries) as txn:
@@ -208,13 +257,18 @@ class LmdbStore:
 
     def put(self, rec: Recording) -> None:
         """Write one recording now, in the caller's thread."""
-        self._write_batch([(entry_key(rec.namespace, rec.key, rec.seq), pack(rec))])
+        self.write_raw([(b"entries", entry_key(rec.namespace, rec.key, rec.seq), pack(rec))])
 
     def submit(self, rec: Recording) -> concurrent.futures.Future[None]:
         """Queue a recording for the writer thread; the future resolves once it is committed."""
-        return self._enqueue(rec)
+        return self.submit_raw([(b"entries", entry_key(rec.namespace, rec.key, rec.seq), pack(rec))])
 
-    def _enqueue(self, rec: Recording | None) -> concurrent.futures.Future[None]:
+    def write_raw(self, writes: _Writes) -> None:
+        """Apply (database, key, value) writes in one transaction now; a None value deletes."""
+        self._write_batch(writes)
+
+    def submit_raw(self, writes: _Writes) -> concurrent.futures.Future[None]:
+        """Queue writes for the writer thread, which commits queued jobs together."""
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
         if self._closed:
             future.set_exception(StoreError(f"the store at {self.path} is closed", "closed"))
@@ -223,7 +277,7 @@ class LmdbStore:
             self._writer = threading.Thread(target=self._write_loop, name="llmreel-store-writer")
             self._writer.daemon = True
             self._writer.start()
-        self._queue.put((rec, future))
+        self._queue.put((writes, future))
         return future
 
     def delete(self, namespace: str, key: str, seq: int = 0) -> bool:
@@ -249,9 +303,7 @@ class LmdbStore:
                     break
                 batch.append(more)
             try:
-                self._write_batch(
-                    [(entry_key(r.namespace, r.key, r.seq), pack(r)) for r, _ in batch if r]
-                )
+                self._write_batch([write for writes, _ in batch for write in writes])
             except Exception as exc:  # noqa: BLE001 - every waiter must learn of the failure
                 error = exc if isinstance(exc, StoreError) else StoreError(str(exc))
                 for _, future in batch:
@@ -260,12 +312,15 @@ class LmdbStore:
                 for _, future in batch:
                     future.set_result(None)
 
-    def _write_batch(self, items: list[tuple[bytes, bytes]]) -> None:
+    def _write_batch(self, items: _Writes) -> None:
         while items:
             try:
-                with self.env.begin(db=self._entries, write=True) as txn:
-                    for db_key, value in items:
-                        txn.put(db_key, value)
+                with self.env.begin(write=True) as txn:
+                    for db, db_key, value in items:
+                        if value is None:
+                            txn.delete(db_key, db=self._dbs[db])
+                        else:
+                            txn.put(db_key, value, db=self._dbs[db])
                 return
             except lmdb.MapFullError:
                 self._grow()
@@ -282,9 +337,9 @@ class LmdbStore:
     def _grow(self) -> None:
         with self._lock:
             current = int(self.env.info()["map_size"])
-            if current >= MAX_MAP_SIZE:
+            if current * 2 > self.max_map_size:
                 raise StoreError(
-                    f"the store at {self.path} reached {MAX_MAP_SIZE} bytes; prune it with "
+                    f"the store at {self.path} reached {current} bytes; prune it with "
                     "`llmreel cache prune` or use another --store",
                     "map_full",
                 )
@@ -301,7 +356,7 @@ class LmdbStore:
         """Wait until everything submitted so far is committed."""
         if self._writer is None or self._closed:
             return
-        concurrent.futures.wait([self._enqueue(None)], timeout=timeout)
+        concurrent.futures.wait([self.submit_raw([])], timeout=timeout)
 
     def close(self) -> None:
         if self._closed:
@@ -317,3 +372,11 @@ class LmdbStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with `prefix` (b"" if there is none)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return b""
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])

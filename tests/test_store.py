@@ -160,3 +160,20 @@ def test_reader_sees_a_consistent_snapshot_while_writing(tmp_path: Path) -> None
             seen.append(r.key)
             store.put(rec(f"z{r.key}"))  # writes during iteration don't disturb the snapshot
         assert len(seen) == 10
+
+
+def test_raw_databases_iterate_by_prefix_both_ways(tmp_path: Path) -> None:
+    with LmdbStore(tmp_path / "s") as store:
+        store.write_raw([(b"log", k, k.upper()) for k in (b"a1", b"b1", b"b2", b"b3", b"c1")])
+        assert [k for k, _ in store.iter_raw(b"log", prefix=b"b")] == [b"b1", b"b2", b"b3"]
+        assert [k for k, _ in store.iter_raw(b"log", prefix=b"b", reverse=True)] == [b"b3", b"b2", b"b1"]
+        assert [k for k, _ in store.iter_raw(b"log", reverse=True)][:2] == [b"c1", b"b3"]
+        assert [k for k, _ in store.iter_raw(b"log", start=b"b2", reverse=True)] == [b"b2", b"b1", b"a1"]
+        assert [k for k, _ in store.iter_raw(b"log", start=b"b15", reverse=True)] == [b"b1", b"a1"]
+        assert [k for k, _ in store.iter_raw(b"log", start=b"b2")] == [b"b2", b"b3", b"c1"]
+        assert [k for k, _ in store.iter_raw(b"log", prefix=b"z")] == []
+        assert [k for k, _ in store.iter_raw(b"log", prefix=b"z", reverse=True)] == []
+        assert store.get_raw(b"log", b"b2") == b"B2"
+        store.submit_raw([(b"log", b"b2", None), (b"used", b"x", b"1")]).result(5)
+        assert store.get_raw(b"log", b"b2") is None and store.count(b"log") == 4
+        assert store.count(b"entries") == 0  # other databases untouched
