@@ -43,7 +43,9 @@ from proxy.providers import (
 )
 from proxy.records import Recording
 from proxy.redact import mask_headers, mask_query
-from proxy.store import LmdbStore, Store, StoreError, validate_namespace
+from proxy.report import Miss, RunReport
+from proxy.store import LmdbStore, Store, StoreError, entry_key, validate_namespace
+from proxy.timeparse import parse_duration
 from proxy.wire import (
     CONTROL_HEADER,
     KEY_HEADER,
@@ -58,6 +60,7 @@ log = logging.getLogger("llmreel")
 
 META = "llmreel"
 SINGLE_FLIGHT_WAIT_S = 600.0
+USED_FLUSH_S = 5.0
 
 
 class Recorder:
@@ -79,7 +82,7 @@ class Recorder:
         self.key_config = KeyConfig()
         self.hosts: HostMap = DEFAULT_HOSTS
         self.sinks: list[Callable[[Exchange], None]] = []
-        self._inflight: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._inflight: dict[tuple[str, str, int], asyncio.Future[None]] = {}
         self._metrics_server: Any = None
         self._unpriced_seen: set[tuple[str, str]] = set()
         self._own_ports: frozenset[int] = frozenset()
@@ -89,6 +92,13 @@ class Recorder:
         # belongs to whichever mitmproxy master was created last in this process.
         self.mode = "auto"
         self.default_namespace = "default"
+        self.sequence = False
+        self.max_age_s: float | None = None
+        self.report = RunReport()
+        self._occurrences: dict[tuple[str, str], int] = {}
+        self._used_pending: dict[bytes, bytes] = {}
+        self._used_flushed_at = 0.0
+        self._stale_warned: set[str] = set()
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -124,6 +134,16 @@ class Recorder:
             "llmreel_prices", Optional[str], None,  # noqa: UP045 - mitmproxy option typespec
             "TOML or JSON file of USD-per-million-token prices for models genai-prices lacks.",
         )  # fmt: skip
+        loader.add_option(
+            "llmreel_sequence", bool, False,
+            "Record every occurrence of an identical request and replay them in order (per "
+            "namespace); after the last recording, the last one is served again.",
+        )  # fmt: skip
+        loader.add_option(
+            "llmreel_max_age", str, "",
+            "Recordings older than this (e.g. 30d, 12h) are misses in auto mode and recorded "
+            "again; offline mode serves them with a warning. Empty: no limit.",
+        )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
@@ -150,6 +170,13 @@ class Recorder:
                     )
                 extra[host.strip()] = provider.strip()
             self.hosts = DEFAULT_HOSTS.merged(extra)
+        if "llmreel_sequence" in updated:
+            self.sequence = opts.llmreel_sequence
+        if "llmreel_max_age" in updated:
+            try:
+                self.max_age_s = parse_duration(opts.llmreel_max_age) if opts.llmreel_max_age else None
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"llmreel_max_age: {exc}") from exc
         if "llmreel_ignore_fields" in updated:
             self.key_config = KeyConfig(ignore_fields=tuple(opts.llmreel_ignore_fields))
         if "llmreel_prices" in updated:
@@ -165,6 +192,7 @@ class Recorder:
 
     def _open_store(self, path: str) -> None:
         if self.store is not None:
+            self._flush_used()
             self.store.close()
             self.store = None
         try:
@@ -212,6 +240,7 @@ class Recorder:
             self._metrics_server.server_close()
             self._metrics_server = None
         if self.store is not None:
+            self._flush_used()
             self.store.close()
             self.store = None
 
@@ -229,14 +258,33 @@ class Recorder:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.websocket is not None:
             return
+        state = self._begin(flow)
+        if state is None:
+            return
+        if await self._replay(flow, state):
+            return
+        if not state.plan.forward:
+            self._refuse(flow, state)
+            return
+        state.outcome = state.plan.outcome
+        flight = (state.namespace, state.key, state.seq)
+        if state.plan.record and flight not in self._inflight:
+            self._inflight[flight] = asyncio.get_running_loop().create_future()
+            state.leader = True
+        # Plain bodies let the tee record SSE as the client sees it, chunk by chunk.
+        flow.request.headers["accept-encoding"] = "identity"
+        state.forwarded_at = self._clock()
+
+    def _begin(self, flow: http.HTTPFlow) -> FlowState | None:
+        """Classify and key an LLM request; None for traffic llmreel leaves alone."""
         req = flow.request
         if req.port in self._own_ports and is_loopback(req.host):
-            return
+            return None
         path, _, _ = req.path.partition("?")
         hostport = f"[{req.host}]:{req.port}" if ":" in req.host else f"{req.host}:{req.port}"
         endpoint = classify(req.method, hostport, path, self.hosts)
         if endpoint is None:
-            return
+            return None
         control = req.headers.pop(CONTROL_HEADER, None)
         namespace = req.headers.pop(NAMESPACE_HEADER, None) or self.default_namespace
         if control is not None and control.strip().lower() not in CONTROLS:
@@ -245,7 +293,7 @@ class Recorder:
                 f"llmreel: unknown {CONTROL_HEADER} value {control!r}; use one of "
                 f"{', '.join(CONTROLS)}.", "llmreel_bad_header",
             ))  # fmt: skip
-            return
+            return None
         try:
             validate_namespace(namespace)
         except ValueError as exc:
@@ -253,63 +301,88 @@ class Recorder:
                 endpoint.api, BAD_REQUEST_STATUS,
                 f"llmreel: bad {NAMESPACE_HEADER} header: {exc}.", "llmreel_bad_header",
             ))  # fmt: skip
-            return
+            return None
         body = req.get_content(strict=False) or b""
         canonical = canonical_request(
             req.method, req.scheme, req.host, req.port, path,
             req.query.items(multi=True), req.headers.items(multi=True), body, self.key_config,
         )  # fmt: skip
         key = request_digest(canonical)
-        parsed = canonical["body"]
+        seq = 0
+        if self.sequence:
+            seq = self._occurrences.get((namespace, key), 0)
+            self._occurrences[(namespace, key)] = seq + 1
         state = FlowState(
             endpoint=endpoint,
             plan=plan(self.mode, control.strip().lower() if control else None),
             namespace=namespace,
             key=key,
             canonical=canonical,
-            model=request_model(endpoint, path, parsed),
+            model=request_model(endpoint, path, canonical["body"]),
             started=self._clock(),
             request_headers=mask_headers(req.headers.items(multi=True)),
+            seq=seq,
         )
         flow.metadata[META] = state
+        return state
+
+    async def _replay(self, flow: http.HTTPFlow, state: FlowState) -> bool:
+        """Serve a recording if the plan allows one; wait for an identical request in flight."""
+        if not state.plan.lookup:
+            return False
         while True:
-            if state.plan.lookup and self._serve_recording(flow, state):
-                return
-            leader = self._inflight.get((namespace, key))
-            if leader is None or not (state.plan.lookup and state.plan.forward):
-                break
+            if self._serve_recording(flow, state):
+                return True
+            leader = self._inflight.get((state.namespace, state.key, state.seq))
+            if leader is None or not state.plan.forward:
+                return False
             # Single flight: an identical request is already on its way upstream. Wait for it,
             # then serve its recording instead of paying for the same call twice. If it was not
             # recorded (an error), the next waiter goes upstream itself.
             try:
                 await asyncio.wait_for(asyncio.shield(leader), SINGLE_FLIGHT_WAIT_S)
             except TimeoutError:
-                break
-        if not state.plan.forward:
-            state.outcome = "offline_miss"
-            self._reply(flow, offline_miss(
-                endpoint.api, req.method, _masked_url(flow), key, namespace, state.plan.refusal
-            ))  # fmt: skip
+                return False
+
+    def _refuse(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        state.outcome = "offline_miss"
+        url = _masked_url(flow)
+        self._reply(flow, offline_miss(
+            state.endpoint.api, flow.request.method, url, state.key, state.namespace,
+            state.plan.refusal,
+        ))  # fmt: skip
+        log.warning(
+            "offline miss: %s %s key=%s namespace=%s", flow.request.method, url, state.key,
+            state.namespace,
+        )  # fmt: skip
+
+    def _lookup(self, state: FlowState) -> Recording | None:
+        assert self.store is not None
+        rec = self.store.get(state.namespace, state.key, state.seq)
+        if rec is None and state.seq and not state.plan.forward:
+            # Sequence mode, replay only: after the last recording, serve the last one.
+            for earlier in range(state.seq - 1, -1, -1):
+                rec = self.store.get(state.namespace, state.key, earlier)
+                if rec is not None:
+                    break
+        if rec is None or self.max_age_s is None:
+            return rec
+        age = time.time() - rec.recorded_at
+        if age <= self.max_age_s:
+            return rec
+        if state.plan.forward:
+            return None  # too old: a miss, recorded again
+        if state.key not in self._stale_warned:
+            self._stale_warned.add(state.key)
             log.warning(
-                "offline miss: %s %s key=%s namespace=%s",
-                req.method,
-                _masked_url(flow),
-                key,
-                namespace,
-            )
-            return
-        state.outcome = state.plan.outcome
-        if state.plan.record and (namespace, key) not in self._inflight:
-            self._inflight[(namespace, key)] = asyncio.get_running_loop().create_future()
-            state.leader = True
-        # Plain bodies let the tee record SSE as the client sees it, chunk by chunk.
-        req.headers["accept-encoding"] = "identity"
-        state.forwarded_at = self._clock()
+                "serving recording %s recorded %.1f days ago, older than --max-age; record it "
+                "again with --mode auto", state.key, age / 86400,
+            )  # fmt: skip
+        return rec
 
     def _serve_recording(self, flow: http.HTTPFlow, state: FlowState) -> bool:
-        assert self.store is not None
         try:
-            rec = self.store.get(state.namespace, state.key)
+            rec = self._lookup(state)
         except StoreError as exc:
             log.error("%s", exc)
             return False
@@ -323,7 +396,27 @@ class Recorder:
             [(k.encode(), v.encode()) for k, v in rec.headers]
             + [(b"llmreel-cache", b"hit"), (KEY_HEADER.encode(), state.key.encode())],
         )
+        self._mark_used(rec)
         return True
+
+    def _mark_used(self, rec: Recording) -> None:
+        """Remember when each recording was last served (for `cache prune --unused-since`)."""
+        now = time.time()
+        self.report.hit(rec.namespace, rec.key, rec.seq)
+        self._used_pending[entry_key(rec.namespace, rec.key, rec.seq)] = str(int(now)).encode()
+        if now - self._used_flushed_at > USED_FLUSH_S:
+            self._flush_used()
+
+    def _flush_used(self) -> None:
+        self._used_flushed_at = time.time()
+        if not self._used_pending or not isinstance(self.store, LmdbStore):
+            self._used_pending.clear()
+            return
+        writes: list[tuple[bytes, bytes, bytes | None]] = [
+            (b"used", k, v) for k, v in self._used_pending.items()
+        ]
+        self._used_pending = {}
+        self.store.submit_raw(writes)
 
     def _reply(self, flow: http.HTTPFlow, reply: ErrorReply) -> None:
         headers = [(k.encode(), v.encode()) for k, v in reply.headers]
@@ -415,6 +508,7 @@ class Recorder:
             usage=summary.usage.as_dict() if summary.usage else None,
             duration_s=round(now - state.forwarded_at, 6),
             ttfc_s=_ttfc(state),
+            seq=state.seq,
         )
         future = self.store.submit(rec)
         loop = asyncio.get_running_loop()
@@ -430,13 +524,16 @@ class Recorder:
         if error is not None:
             log.error("recording not saved: %s", error)
             self.metrics.store_write_failed(getattr(error, "reason", "io_error"))
+            self.report.write_failures += 1
+        else:
+            self.report.written += 1
         self._release(state)
 
     def _release(self, state: FlowState) -> None:
         if not state.leader:
             return
         state.leader = False
-        waiter = self._inflight.pop((state.namespace, state.key), None)
+        waiter = self._inflight.pop((state.namespace, state.key, state.seq), None)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
@@ -517,6 +614,11 @@ class Recorder:
             summary=summary,
         )
         self.metrics.observe(exchange)
+        if exchange.cache in ("miss", "offline_miss"):
+            self.report.miss(Miss(exchange.method, exchange.url, state.key, state.namespace,
+                                  exchange.cache, state.explanation))  # fmt: skip
+        elif exchange.status is None:
+            self.report.errors += 1
         for sink in self.sinks:
             try:
                 sink(exchange)

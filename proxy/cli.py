@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from .modes import MODES
+from .report import RunReport
 from .server import DEFAULT_CONFDIR, ProxyServer, ProxySettings, Reverse, Running, StartupError
 from .wire import is_loopback
 
@@ -66,6 +67,11 @@ def proxy_options(default_port: int, default_metrics_port: int) -> Callable[[F],
                          help="JSON body field left out of the cache key (user, metadata.run_id). Repeatable."),
             click.option("--prices", type=click.Path(exists=True, dir_okay=False), default=None,
                          help="TOML or JSON file of per-million-token prices for extra models."),
+            click.option("--sequence", is_flag=True,
+                         help="Record every occurrence of an identical request; replay them in order."),
+            click.option("--max-age", default="", metavar="AGE",
+                         help="Recordings older than AGE (30d, 12h) are recorded again in auto mode; "
+                         "offline mode warns."),
             click.option("--proxy-auth", default=None, metavar="USER:PASS",
                          help="Require proxy authentication (needed to listen beyond loopback)."),
             click.option("--allow-remote", is_flag=True,
@@ -157,8 +163,13 @@ async def _start(server: ProxyServer) -> Running:
 
 @main.command(context_settings={"allow_interspersed_args": False})
 @proxy_options(default_port=0, default_metrics_port=0)
+@click.option("--fail-on-miss/--no-fail-on-miss", default=None,
+              help="Exit non-zero if any request missed the cache, even if COMMAND swallowed the "
+              "error. Default: on in offline mode, off otherwise.")  # fmt: skip
+@click.option("--fail-on-unused", is_flag=True,
+              help="Exit non-zero if recordings in the namespaces used were never replayed.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(command: tuple[str, ...], **kw: Any) -> None:
+def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: bool, **kw: Any) -> None:
     """Run COMMAND with its LLM calls going through a fresh proxy; exit with its exit code.
 
     \b
@@ -168,14 +179,21 @@ def run(command: tuple[str, ...], **kw: Any) -> None:
     settings = _settings(kw)
     if shutil.which(command[0]) is None and not os.path.exists(command[0]):
         raise click.ClickException(f"command not found: {command[0]}")
+    if fail_on_miss is None:
+        fail_on_miss = settings.mode == "offline"
     try:
-        code = asyncio.run(_run(settings, list(command)))
+        code, report = asyncio.run(_run(settings, list(command)))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from exc
+    click.echo(report.render(), err=True)
+    failures = report.failures(fail_on_miss=fail_on_miss, fail_on_unused=fail_on_unused)
+    if failures and code == 0:
+        click.echo(f"llmreel: failing the run: {'; '.join(failures)}", err=True)
+        code = 1
     sys.exit(code)
 
 
-async def _run(settings: ProxySettings, command: list[str]) -> int:
+async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunReport]:
     from .clientenv import client_env, write_bundle
 
     bundle = write_bundle(settings.confdir)
@@ -192,10 +210,20 @@ async def _run(settings: ProxySettings, command: list[str]) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, functools.partial(_forward_signal, proc, sig))
         code = await proc.wait()
+        report = server.recorder.report
+        _find_unused(server.recorder.store, report)
     finally:
         await server.stop()
     # A child killed by a signal reports -N; shells report 128+N.
-    return code if code >= 0 else 128 - code
+    return (code if code >= 0 else 128 - code), report
+
+
+def _find_unused(store: Any, report: RunReport) -> None:
+    if store is None:
+        return
+    store.flush(10)
+    recorded = [(r.namespace, r.key, r.seq) for ns in sorted(report.namespaces) for r in store.iter(ns)]
+    report.find_unused(recorded)
 
 
 def _forward_signal(proc: asyncio.subprocess.Process, sig: int) -> None:

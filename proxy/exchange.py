@@ -99,4 +99,8 @@ class FlowState:
     replay: Recording | None = None
     tee: StreamTee | None = None
     leader: bool = False
+    seq: int = 0
+    """Occurrence of this identical request in the run (sequence mode), else 0."""
+    explanation: str = ""
+    """For a miss: what differs from the closest recording."""
     request_headers: list[tuple[str, str]] = field(default_factory=list)

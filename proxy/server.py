@@ -60,6 +60,8 @@ class ProxySettings:
     hosts: Sequence[str] = ()
     ignore_fields: Sequence[str] = ()
     prices: str | None = None
+    sequence: bool = False
+    max_age: str = ""
     proxy_auth: str | None = None
     sets: Sequence[str] = ()
     """Raw mitmproxy `NAME=VALUE` options, applied last."""
@@ -134,6 +136,8 @@ class ProxyServer:
                 llmreel_hosts=list(s.hosts),
                 llmreel_ignore_fields=list(s.ignore_fields),
                 llmreel_prices=s.prices,
+                llmreel_sequence=s.sequence,
+                llmreel_max_age=s.max_age,
             )
             if s.proxy_auth:
                 master.options.update(proxyauth=s.proxy_auth)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -75,6 +76,7 @@ async def exchange(recorder: Recorder, flow: Any, **response: Any) -> Any:
     await recorder.response(flow)
     assert recorder.store is not None
     recorder.store.flush(5)
+    await asyncio.sleep(0.01)  # let the commit callbacks run on this loop
     return flow
 
 
@@ -287,8 +289,6 @@ async def test_hits_count_as_saved_not_billed(recorder: Recorder) -> None:
 
 
 async def test_single_flight_waits_for_the_leader(recorder: Recorder) -> None:
-    import asyncio
-
     leader = chat_flow()
     await recorder.request(leader)
     assert leader.response is None  # on its way upstream
@@ -318,3 +318,64 @@ def test_the_script_file_loads_into_mitmproxy(tmp_path: Path) -> None:
         loaded = tctx.script(str(script))
         assert type(loaded.addons[0]).__name__ == "Recorder"
     _ = orjson  # keep import used
+
+
+async def test_sequence_mode_replays_occurrences_in_order_then_the_last(recorder: Recorder) -> None:
+    configure(recorder, llmreel_sequence=True)
+    for n in range(2):
+        flow = await exchange(recorder, chat_flow(), body={**CHAT_RESPONSE, "id": f"call-{n}"})
+        assert flow.response.headers["llmreel-cache"] == "miss"
+    configure(recorder, llmreel_mode="offline")
+    recorder._occurrences.clear()  # a new run
+    ids = [json.loads((await exchange(recorder, chat_flow())).response.content)["id"] for _ in range(4)]
+    assert ids == ["call-0", "call-1", "call-1", "call-1"]
+
+
+async def test_max_age_rerecords_in_auto_and_warns_offline(
+    recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    await exchange(recorder, chat_flow())
+    assert recorder.store is not None
+    key = next(iter(recorder.store.iter())).key
+    old = recorder.store.get("default", key)
+    assert old is not None
+    old.recorded_at -= 40 * 86400
+    recorder.store.put(old)
+    configure(recorder, llmreel_max_age="30d")
+    flow = await exchange(recorder, chat_flow(), body={**CHAT_RESPONSE, "id": "fresh"})
+    assert flow.response.headers["llmreel-cache"] == "miss"
+    assert json.loads((await exchange(recorder, chat_flow())).response.content)["id"] == "fresh"
+
+    stale = recorder.store.get("default", key)
+    assert stale is not None
+    stale.recorded_at -= 40 * 86400
+    recorder.store.put(stale)
+    configure(recorder, llmreel_mode="offline")
+    served = await exchange(recorder, chat_flow())
+    assert served.response.headers["llmreel-cache"] == "hit"
+    assert "older than --max-age" in caplog.text
+
+
+async def test_bad_max_age_is_an_options_error(recorder: Recorder) -> None:
+    from mitmproxy import exceptions
+
+    with pytest.raises(exceptions.OptionsError, match="30d"):
+        configure(recorder, llmreel_max_age="a month")
+
+
+async def test_hits_are_marked_used_and_reported(recorder: Recorder) -> None:
+    from proxy.store import LmdbStore, entry_key
+
+    first = await exchange(recorder, chat_flow())
+    await exchange(recorder, chat_flow())
+    await exchange(recorder, chat_flow({**CHAT, "temperature": 1}))
+    key = first.response.headers["llmreel-key"]
+    report = recorder.report
+    assert report.hits == 1 and len(report.misses) == 2 and report.written == 2
+    assert "2 recorded" in report.render()
+    recorder._flush_used()
+    store = recorder.store
+    assert isinstance(store, LmdbStore)
+    store.flush(5)
+    used_at = store.get_raw(b"used", entry_key("default", key))
+    assert used_at is not None and abs(int(used_at) - __import__("time").time()) < 60
