@@ -178,3 +178,26 @@ def test_help_lists_the_commands() -> None:
     for command in ("serve", "run", "env", "ca"):
         assert re.search(rf"^\s+{command}\s", result.stdout, re.M), result.stdout
     _ = time
+
+
+def test_offline_run_fails_on_a_swallowed_miss_and_reports_it(
+    tmp_path: Path, confdir: Path, fake: FakeUpstream
+) -> None:
+    script = tmp_path / "swallow.py"
+    script.write_text(textwrap.dedent(f"""
+        import openai
+        client = openai.OpenAI(base_url="{fake.url}/v1", api_key="sk-test-1234567890abcdefghij", max_retries=0)
+        try:
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "unrecorded"}}])
+        except openai.NotFoundError as exc:
+            print("swallowed:", exc)
+    """))
+    base = [LLMREEL, "run", "--store", str(tmp_path / "store"), "--confdir", str(confdir), "--mode", "offline"]
+    result = subprocess.run([*base, "--", sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert "swallowed:" in result.stdout and "llmreel cache miss" in result.stdout
+    assert result.returncode == 1, result.stderr
+    assert "1 offline miss(es)" in result.stderr
+    assert "MISS POST" in result.stderr and "--fail-on-miss" in result.stderr
+    relaxed = subprocess.run([*base, "--no-fail-on-miss", "--", sys.executable, str(script)],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert relaxed.returncode == 0, relaxed.stderr

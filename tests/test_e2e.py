@@ -246,3 +246,29 @@ def test_identical_concurrent_misses_make_one_upstream_call(
     assert len(set(bodies)) == 1  # ids are random per upstream call: one call served all
     assert b"[DONE]" in bodies[0]
     assert len(fake.requests) == 1
+
+
+def test_curl_records_and_replays(make_proxy: MakeProxy, fake: FakeUpstream, bundle: str) -> None:
+    import subprocess
+
+    body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"from curl"}]}'
+
+    def curl(proxy: ProxyThread) -> tuple[str, str]:
+        result = subprocess.run(
+            ["curl", "-sS", "-D", "/dev/stderr", "--proxy", proxy.url, "--cacert", bundle,
+             "-H", "content-type: application/json", "-H", "authorization: Bearer sk-curl-000000000000000000",
+             "--compressed", "-d", body, f"{fake.url}/v1/chat/completions"],
+            capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        headers = result.stderr.splitlines()  # the CONNECT response's, then the response's
+        cache = next(line.split(":", 1)[1].strip() for line in headers if line.lower().startswith("llmreel-cache"))
+        return cache, result.stdout
+
+    proxy = make_proxy()
+    recorded = curl(proxy)
+    proxy.stop()
+    offline = make_proxy(mode="offline")
+    replayed = curl(offline)
+    assert (recorded[0], replayed[0]) == ("miss", "hit")
+    assert replayed[1] == recorded[1] and '"chat.completion"' in recorded[1]

@@ -1,0 +1,80 @@
+"""Metrics on an injected registry: labels, cardinality cap, OTel buckets."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from proxy.exchange import Exchange
+from proxy.metrics import DURATION_BUCKETS, OTHER, TOKEN_BUCKETS, LabelCap, Metrics
+from proxy.providers import Endpoint, Usage
+
+CHAT = Endpoint("openai", "openai.chat", "chat", "openai")
+
+
+def exchange(model: str, cache: str = "miss", **kw: object) -> Exchange:
+    fields: dict[str, object] = {
+        "id": "x", "started": 0.0, "method": "POST", "url": "https://api.openai.com/v1/chat/completions",
+        "endpoint": CHAT, "cache": cache, "namespace": "default", "key": "k", "model": model,
+        "status": 200, "duration_s": 0.5, "upstream_s": 0.4, "usage": Usage(input=10, output=5),
+        "cost_usd": 0.001,
+    }  # fmt: skip
+    fields.update(kw)
+    return Exchange(**fields)  # type: ignore[arg-type]
+
+
+def test_label_cap_admits_a_bounded_number_of_values() -> None:
+    cap = LabelCap(3)
+    assert [cap(m) for m in ("a", "b", "c", "d", "a", "e")] == ["a", "b", "c", OTHER, "a", OTHER]
+    assert cap(None) == OTHER  # the cap is full; "unknown" would be a fourth value
+
+
+def test_model_label_overflow_goes_to_other() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, max_models=2)
+    for model in ("m1", "m2", "m3", "m4"):
+        metrics.observe(exchange(model))
+    get = registry.get_sample_value
+    assert get("llmreel_requests_total", {"provider": "openai", "model": "other", "operation": "chat",
+                                          "cache": "miss", "status_class": "2xx"}) == 2  # fmt: skip
+    assert get("llmreel_tokens_total", {"provider": "openai", "model": "m1", "type": "input"}) == 10
+
+
+def test_two_instances_do_not_share_state() -> None:
+    a, b = CollectorRegistry(), CollectorRegistry()
+    Metrics(a).observe(exchange("m"))
+    Metrics(b)  # would raise "Duplicated timeseries" on a shared registry
+    assert b.get_sample_value("llmreel_cost_usd_total", {"provider": "openai", "model": "m"}) is None
+    assert a.get_sample_value("llmreel_cost_usd_total", {"provider": "openai", "model": "m"}) == 0.001
+
+
+def test_hits_are_saved_not_billed_and_offline_misses_bill_nothing() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.observe(exchange("m", cache="hit", upstream_s=None))
+    metrics.observe(exchange("m", cache="offline_miss", upstream_s=None, status=404, usage=None, cost_usd=None))
+    get = registry.get_sample_value
+    labels = {"provider": "openai", "model": "m"}
+    assert get("llmreel_saved_cost_usd_total", labels) == 0.001
+    assert get("llmreel_saved_tokens_total", {**labels, "type": "output"}) == 5
+    assert get("llmreel_tokens_total", {**labels, "type": "input"}) is None
+    assert get("llmreel_cost_usd_total", labels) is None
+
+
+def test_unpriced_usage_is_counted_not_costed() -> None:
+    registry = CollectorRegistry()
+    Metrics(registry).observe(exchange("private", cost_usd=None))
+    assert registry.get_sample_value("llmreel_unpriced_requests_total", {"provider": "openai", "model": "private"}) == 1
+    assert registry.get_sample_value("llmreel_cost_usd_total", {"provider": "openai", "model": "private"}) is None
+
+
+def test_otel_histograms_use_the_conventions_buckets() -> None:
+    registry = CollectorRegistry()
+    Metrics(registry).observe(exchange("m", stream=True, ttfc_s=0.05))
+    text = generate_latest(registry).decode()
+    for bound in (DURATION_BUCKETS[0], DURATION_BUCKETS[-1]):
+        assert f'gen_ai_client_operation_duration_seconds_bucket{{error_type="",gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="m",le="{bound}"}}' in text
+    assert 'gen_ai_token_type="output",le="6.7108864e+07"} 1.0' in text
+    assert len(TOKEN_BUCKETS) == 14
+    labels = {"gen_ai_operation_name": "chat", "gen_ai_provider_name": "openai", "gen_ai_request_model": "m"}
+    assert registry.get_sample_value("gen_ai_client_operation_time_to_first_chunk_seconds_count", labels) == 1
+    assert registry.get_sample_value("gen_ai_client_token_usage_sum", {**labels, "gen_ai_token_type": "output"}) == 5
