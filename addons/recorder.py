@@ -42,7 +42,7 @@ from proxy.providers import (
     summarize,
 )
 from proxy.records import Recording
-from proxy.redact import mask_headers, mask_query
+from proxy.redact import credential_of, credential_scope, mask_headers, mask_query
 from proxy.report import Miss, RunReport
 from proxy.store import LmdbStore, Store, StoreError, entry_key, validate_namespace
 from proxy.timeparse import parse_duration
@@ -99,6 +99,7 @@ class Recorder:
         self._used_pending: dict[bytes, bytes] = {}
         self._used_flushed_at = 0.0
         self._stale_warned: set[str] = set()
+        self._scope_salt: bytes | None = None
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -140,6 +141,11 @@ class Recorder:
             "namespace); after the last recording, the last one is served again.",
         )  # fmt: skip
         loader.add_option(
+            "llmreel_scope_by_credential", bool, False,
+            "Isolate the cache by a salted hash of each request's API key (a proxy shared by "
+            "several teams); requests without a key share the unscoped cache.",
+        )  # fmt: skip
+        loader.add_option(
             "llmreel_max_age", str, "",
             "Recordings older than this (e.g. 30d, 12h) are misses in auto mode and recorded "
             "again; offline mode serves them with a warning. Empty: no limit.",
@@ -170,6 +176,14 @@ class Recorder:
                     )
                 extra[host.strip()] = provider.strip()
             self.hosts = DEFAULT_HOSTS.merged(extra)
+        if "llmreel_scope_by_credential" in updated or "llmreel_store" in updated:
+            self._scope_salt = None
+            if opts.llmreel_scope_by_credential:
+                if not isinstance(self.store, LmdbStore):
+                    raise exceptions.OptionsError(
+                        "llmreel_scope_by_credential needs an LMDB store, which keeps the salt"
+                    )
+                self._scope_salt = self.store.secret_salt()
         if "llmreel_sequence" in updated:
             self.sequence = opts.llmreel_sequence
         if "llmreel_max_age" in updated:
@@ -294,6 +308,10 @@ class Recorder:
                 f"{', '.join(CONTROLS)}.", "llmreel_bad_header",
             ))  # fmt: skip
             return None
+        if self._scope_salt is not None:
+            credential = credential_of(req.headers.items(multi=True), req.query.items(multi=True))
+            if credential:
+                namespace = f"{namespace}@{credential_scope(credential, self._scope_salt)}"
         try:
             validate_namespace(namespace)
         except ValueError as exc:
@@ -321,6 +339,7 @@ class Recorder:
             model=request_model(endpoint, path, canonical["body"]),
             started=self._clock(),
             request_headers=mask_headers(req.headers.items(multi=True)),
+            request_body=body,
             seq=seq,
         )
         flow.metadata[META] = state
@@ -609,7 +628,7 @@ class Recorder:
             listener=flow.client_conn.proxy_mode.full_spec,
             request_headers=state.request_headers,
             response_headers=mask_headers(resp.headers.items(multi=True)) if resp else [],
-            request_body=flow.request.get_content(strict=False) or b"",
+            request_body=state.request_body,
             response_body=body,
             summary=summary,
         )

@@ -99,6 +99,8 @@ class FlowState:
     replay: Recording | None = None
     tee: StreamTee | None = None
     leader: bool = False
+    request_body: bytes = b""
+    """The request body, content-decoded (read once)."""
     seq: int = 0
     """Occurrence of this identical request in the run (sequence mode), else 0."""
     explanation: str = ""

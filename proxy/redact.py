@@ -7,6 +7,7 @@ can tell two keys apart in a log without the key itself ever being written anywh
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 from collections.abc import Iterable
 
@@ -97,3 +98,24 @@ def scrub_text(text: str) -> str:
 def find_secrets(text: str) -> list[str]:
     """Credential-shaped strings in `text` (used by audits)."""
     return [m.group(0) for m in _KEY_PATTERN.finditer(text)]
+
+
+#: Where clients put the API key, in the order llmreel looks for it.
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
+
+
+def credential_of(headers: Iterable[tuple[str, str]], query: Iterable[tuple[str, str]]) -> str | None:
+    """The API key a request carries (header or query), or None."""
+    found = {name.lower(): value for name, value in headers if name.lower() in CREDENTIAL_HEADERS}
+    for name in CREDENTIAL_HEADERS:
+        if found.get(name):
+            return found[name].removeprefix("Bearer ").removeprefix("bearer ").strip()
+    for name, value in query:
+        if is_secret_query_param(name) and value:
+            return value
+    return None
+
+
+def credential_scope(credential: str, salt: bytes) -> str:
+    """A salted, truncated HMAC of a credential: a stable cache scope that reveals nothing."""
+    return hmac.new(salt, credential.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:16]

@@ -155,6 +155,15 @@ class LmdbStore:
                 "the store away and record again."
             )
 
+    def secret_salt(self) -> bytes:
+        """A random salt kept in this store (created on first use), for credential scopes."""
+        with self.env.begin(db=self._meta, write=True) as txn:
+            salt: bytes | None = txn.get(b"scope_salt")
+            if salt is None:
+                salt = os.urandom(32)
+                txn.put(b"scope_salt", salt)
+        return salt
+
     # --- reading ------------------------------------------------------------------------------
 
     def get(self, namespace: str, key: str, seq: int = 0) -> Recording | None:

@@ -379,3 +379,18 @@ async def test_hits_are_marked_used_and_reported(recorder: Recorder) -> None:
     store.flush(5)
     used_at = store.get_raw(b"used", entry_key("default", key))
     assert used_at is not None and abs(int(used_at) - __import__("time").time()) < 60
+
+
+async def test_scope_by_credential_isolates_api_keys(recorder: Recorder, tmp_path: Path) -> None:
+    configure(recorder, llmreel_scope_by_credential=True)
+    alice = {"authorization": "Bearer sk-alice-0000000000000000000000"}
+    bob = {"authorization": "Bearer sk-bob-00000000000000000000000000"}
+    await exchange(recorder, chat_flow(headers=alice))
+    assert (await exchange(recorder, chat_flow(headers=alice))).response.headers["llmreel-cache"] == "hit"
+    assert (await exchange(recorder, chat_flow(headers=bob))).response.headers["llmreel-cache"] == "miss"
+    assert recorder.store is not None
+    namespaces = {r.namespace for r in recorder.store.iter()}
+    assert len(namespaces) == 2 and all(ns.startswith("default@") for ns in namespaces)
+    recorder.done()
+    for file in (tmp_path / "store").iterdir():
+        assert b"sk-alice" not in file.read_bytes() and b"sk-bob" not in file.read_bytes()
