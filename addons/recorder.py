@@ -27,6 +27,7 @@ from mitmproxy.net import encoding
 from mitmproxy.proxy import server_hooks
 from prometheus_client import CollectorRegistry, start_http_server
 
+from proxy.diff import explain
 from proxy.errors import BAD_REQUEST_STATUS, ErrorReply, error_reply, offline_miss
 from proxy.exchange import Exchange, FlowState, new_id
 from proxy.keys import KeyConfig, canonical_request, request_digest
@@ -45,6 +46,7 @@ from proxy.records import Recording
 from proxy.redact import credential_of, credential_scope, mask_headers, mask_query
 from proxy.report import Miss, RunReport
 from proxy.store import LmdbStore, Store, StoreError, entry_key, validate_namespace
+from proxy.stores import open_store
 from proxy.timeparse import parse_duration
 from proxy.wire import (
     CONTROL_HEADER,
@@ -70,7 +72,7 @@ class Recorder:
         self,
         *,
         registry: CollectorRegistry | None = None,
-        store_factory: Callable[[str], Store] = LmdbStore,
+        store_factory: Callable[[str], Store] = open_store,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -93,6 +95,7 @@ class Recorder:
         self.mode = "auto"
         self.default_namespace = "default"
         self.sequence = False
+        self.explain_misses = False
         self.max_age_s: float | None = None
         self.report = RunReport()
         self._occurrences: dict[tuple[str, str], int] = {}
@@ -112,8 +115,9 @@ class Recorder:
             choices=MODES,
         )  # fmt: skip
         loader.add_option(
-            "llmreel_store", str, ".llmreel", "Directory of the LMDB recording store."
-        )
+            "llmreel_store", str, ".llmreel",
+            "The recordings: an LMDB store directory, or an export directory (docs/recordings.md).",
+        )  # fmt: skip
         loader.add_option(
             "llmreel_namespace", str, "default",
             "Cache namespace for requests without an llmreel-namespace header.",
@@ -144,6 +148,11 @@ class Recorder:
             "llmreel_scope_by_credential", bool, False,
             "Isolate the cache by a salted hash of each request's API key (a proxy shared by "
             "several teams); requests without a key share the unscoped cache.",
+        )  # fmt: skip
+        loader.add_option(
+            "llmreel_explain_misses", bool, False,
+            "Also in auto mode, find the closest recording for each miss and log what differs "
+            "(offline misses always are). Costs a scan of the namespace per miss.",
         )  # fmt: skip
         loader.add_option(
             "llmreel_max_age", str, "",
@@ -186,6 +195,8 @@ class Recorder:
                 self._scope_salt = self.store.secret_salt()
         if "llmreel_sequence" in updated:
             self.sequence = opts.llmreel_sequence
+        if "llmreel_explain_misses" in updated:
+            self.explain_misses = opts.llmreel_explain_misses
         if "llmreel_max_age" in updated:
             try:
                 self.max_age_s = parse_duration(opts.llmreel_max_age) if opts.llmreel_max_age else None
@@ -278,8 +289,10 @@ class Recorder:
         if await self._replay(flow, state):
             return
         if not state.plan.forward:
-            self._refuse(flow, state)
+            await self._refuse(flow, state)
             return
+        if self.explain_misses and state.plan.lookup:
+            state.explanation = await self._explain(state)
         state.outcome = state.plan.outcome
         flight = (state.namespace, state.key, state.seq)
         if state.plan.record and flight not in self._inflight:
@@ -363,17 +376,33 @@ class Recorder:
             except TimeoutError:
                 return False
 
-    def _refuse(self, flow: http.HTTPFlow, state: FlowState) -> None:
+    async def _refuse(self, flow: http.HTTPFlow, state: FlowState) -> None:
         state.outcome = "offline_miss"
         url = _masked_url(flow)
+        state.explanation = state.plan.refusal or await self._explain(state)
         self._reply(flow, offline_miss(
             state.endpoint.api, flow.request.method, url, state.key, state.namespace,
-            state.plan.refusal,
+            state.explanation,
         ))  # fmt: skip
         log.warning(
-            "offline miss: %s %s key=%s namespace=%s", flow.request.method, url, state.key,
-            state.namespace,
+            "offline miss: %s %s key=%s namespace=%s%s", flow.request.method, url, state.key,
+            state.namespace, f"\n  {state.explanation}" if state.explanation else "",
         )  # fmt: skip
+
+    async def _explain(self, state: FlowState) -> str:
+        """How the closest recording for this endpoint and namespace differs (read off-loop)."""
+        store = self.store
+        if store is None:
+            return ""
+
+        def closest() -> str:
+            try:
+                found = explain(state.canonical, (r.request for r in store.iter(state.namespace)))
+            except StoreError as exc:
+                return f"(could not search the store: {exc})"
+            return found or f"Nothing was recorded for this endpoint in namespace {state.namespace!r}."
+
+        return await asyncio.to_thread(closest)
 
     def _lookup(self, state: FlowState) -> Recording | None:
         assert self.store is not None

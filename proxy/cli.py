@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import click
 
+from .cli_cache import cache
+from .config import apply_config, config_command
 from .modes import MODES
 from .report import RunReport
 from .server import DEFAULT_CONFDIR, ProxyServer, ProxySettings, Reverse, Running, StartupError
@@ -48,7 +50,8 @@ def proxy_options(default_port: int, default_metrics_port: int) -> Callable[[F],
                          help="A reverse-proxy listener for clients that take a base URL, e.g. "
                          "https://api.openai.com@8081. Repeatable."),
             click.option("--store", default=".llmreel", show_default=True, envvar="LLMREEL_STORE",
-                         show_envvar=True, help="Directory of the LMDB recording store."),
+                         show_envvar=True, help="The recordings: an LMDB store directory, or an "
+                         "export directory (docs/recordings.md)."),
             click.option("--namespace", default="default", show_default=True,
                          envvar="LLMREEL_NAMESPACE",
                          help="Cache namespace for requests without an llmreel-namespace header."),
@@ -69,6 +72,8 @@ def proxy_options(default_port: int, default_metrics_port: int) -> Callable[[F],
                          help="TOML or JSON file of per-million-token prices for extra models."),
             click.option("--scope-by-credential", is_flag=True,
                          help="Isolate the cache by a salted hash of each request's API key."),
+            click.option("--explain-misses", is_flag=True,
+                         help="In auto mode too, log how each miss differs from the closest recording."),
             click.option("--sequence", is_flag=True,
                          help="Record every occurrence of an identical request; replay them in order."),
             click.option("--max-age", default="", metavar="AGE",
@@ -121,12 +126,15 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="llmreel")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """llmreel: record, replay, log and meter LLM API calls, for any client.
 
     Point a client at the proxy with HTTPS_PROXY (or a base URL in reverse mode), or wrap a
-    command with `llmreel run -- CMD`.
+    command with `llmreel run -- CMD`. Settings can live in llmreel.toml or [tool.llmreel] in
+    pyproject.toml; `llmreel config` shows them.
     """
+    apply_config(ctx)  # the file's values become defaults; command-line options still win
 
 
 @main.command()
@@ -289,6 +297,9 @@ The CA's private key is {cert.parent / "mitmproxy-ca.pem"}: keep it private.""",
         err=False,
     )
 
+
+main.add_command(cache)
+main.add_command(config_command)
 
 if __name__ == "__main__":
     main()

@@ -46,9 +46,11 @@ def offline_miss(
     message = (
         f"llmreel cache miss: no recording of {method} {url} (key {key}, namespace "
         f"{namespace!r}) and llmreel is in offline mode, so the request was not sent. "
-        "To record it, run the same command once with --mode auto (LLMREEL_MODE=auto) "
-        "and network access."
     )
     if detail:
         message = f"{message} {detail}"
+    message += (
+        " To record it, run the same command once with --mode auto (LLMREEL_MODE=auto) "
+        "and network access."
+    )
     return error_reply(api, MISS_STATUS, message, "llmreel_cache_miss")

@@ -61,6 +61,7 @@ class ProxySettings:
     ignore_fields: Sequence[str] = ()
     prices: str | None = None
     sequence: bool = False
+    explain_misses: bool = False
     scope_by_credential: bool = False
     max_age: str = ""
     proxy_auth: str | None = None
@@ -138,6 +139,7 @@ class ProxyServer:
                 llmreel_ignore_fields=list(s.ignore_fields),
                 llmreel_prices=s.prices,
                 llmreel_sequence=s.sequence,
+                llmreel_explain_misses=s.explain_misses,
                 llmreel_scope_by_credential=s.scope_by_credential,
                 llmreel_max_age=s.max_age,
             )

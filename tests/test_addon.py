@@ -394,3 +394,21 @@ async def test_scope_by_credential_isolates_api_keys(recorder: Recorder, tmp_pat
     recorder.done()
     for file in (tmp_path / "store").iterdir():
         assert b"sk-alice" not in file.read_bytes() and b"sk-bob" not in file.read_bytes()
+
+
+async def test_offline_miss_explains_what_changed(recorder: Recorder) -> None:
+    await exchange(recorder, chat_flow({**CHAT, "temperature": 0.2}))
+    configure(recorder, llmreel_mode="offline")
+    changed = {**CHAT, "temperature": 0.7, "messages": [{"role": "user", "content": "Hello!"}]}
+    flow = await exchange(recorder, chat_flow(changed))
+    message = json.loads(flow.response.content)["error"]["message"]
+    assert "temperature" in message and "0.2" in message and "0.7" in message
+    assert "messages[0].content" in message
+    assert message.index("differs") < message.index("To record it")
+    assert "temperature" in recorder.report.render()
+
+
+async def test_offline_miss_with_nothing_recorded_says_so(recorder: Recorder) -> None:
+    configure(recorder, llmreel_mode="offline")
+    flow = await exchange(recorder, chat_flow())
+    assert "Nothing was recorded for this endpoint" in json.loads(flow.response.content)["error"]["message"]

@@ -6,6 +6,7 @@ import concurrent.futures
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -272,3 +273,30 @@ def test_curl_records_and_replays(make_proxy: MakeProxy, fake: FakeUpstream, bun
     replayed = curl(offline)
     assert (recorded[0], replayed[0]) == ("miss", "hit")
     assert replayed[1] == recorded[1] and '"chat.completion"' in recorded[1]
+
+
+def test_committed_export_replays_offline_and_a_changed_prompt_says_what_changed(
+    make_proxy: MakeProxy, fake: FakeUpstream, bundle: str, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    proxy = make_proxy()
+    recorded = openai_session(openai_client(proxy, fake, bundle))
+    proxy.stop()
+    export = tmp_path / "recordings"
+    llmreel = str(Path(sys.executable).parent / "llmreel")
+    done = subprocess.run([llmreel, "cache", "export", str(export), "--store", str(tmp_path / "store")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(list(export.glob("*/*.json"))) == 5
+
+    connections = fake.connections
+    offline = make_proxy(mode="offline", store=str(export))
+    client = openai_client(offline, fake, bundle, max_retries=0)
+    assert openai_session(client) == recorded
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hello to the reel!"}])  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert "messages[0].content" in message and "Say hello to the reel!" in message
+    assert fake.connections == connections
