@@ -1,0 +1,369 @@
+"""The exchange log's record: one JSON-ready dict per exchange, and its packed form in the store.
+
+Pure functions, no I/O. `exchange_record` is the single definition of the log format: the store,
+the JSONL sink, `llmreel log ls --json` and the exports all use its field names. Every string that
+comes from the wire goes through `scrub_text`, so a key pasted into a prompt or echoed in an error
+is masked like the ones in headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from .providers import ResponseSummary, summarize
+from .redact import scrub_text
+from .sse import parse_sse
+from .wire import is_event_stream
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
+
+__all__ = [
+    "HEAVY_FIELDS",
+    "MAX_BODY_BYTES",
+    "RECORD_VERSION",
+    "LogRecordError",
+    "exchange_record",
+    "format_time",
+    "header",
+    "id_time",
+    "id_floor",
+    "pack_record",
+    "strip_bodies",
+    "unpack_content",
+    "unpack_head",
+    "unpack_record",
+]
+
+#: Bump when a field changes meaning or disappears; adding a field does not need a bump.
+RECORD_VERSION: Final = 1
+
+#: A body longer than this is kept truncated (`*_body_truncated: true`): a log is for reading, and
+#: a multi-hundred-MB upload must not stall the proxy's event loop while it is serialised.
+MAX_BODY_BYTES: Final = 32 << 20
+
+#: Fields that are large or carry content; kept out of the record's cheap-to-read head.
+HEAVY_FIELDS: Final = (
+    "request_headers",
+    "response_headers",
+    "request_body",
+    "response_body",
+    "events",
+    "assembled",
+)
+_BODY_FIELDS: Final = ("request_body", "response_body", "events", "assembled")
+
+_SSE_START: Final = re.compile(r"(?:\ufeff)?[ \t\r\n]*(?::|data\b|event\b|id\b|retry\b)")
+_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+class LogRecordError(ValueError):
+    """A stored log value that cannot be decoded."""
+
+
+# --------------------------------------------------------------------------------------------
+# Building a record
+
+
+def exchange_record(ex: Exchange, *, bodies: bool = True) -> dict[str, Any]:
+    """The log record of `ex`: a JSON-ready dict with stable field names (see docs/log.md).
+
+    With `bodies=False` the request and response content (bodies, SSE events, assembled answer)
+    is left out, for logs that must not hold prompts. Never raises on odd bodies: invalid UTF-8
+    becomes base64 (scrubbed first), non-JSON becomes text, huge bodies are truncated.
+    """
+    usage = ex.usage.as_dict() if ex.usage is not None else None
+    response_type = header(ex.response_headers, "content-type") or ""
+    summary = ex.summary
+    if summary is None and ex.response_body:
+        # Replays and llmreel's own answers come without a summary; the log wants the
+        # assembled answer for every exchange, so read the body here (pure, never raises).
+        summary = summarize(ex.endpoint, ex.response_body, response_type)
+    record: dict[str, Any] = {
+        "v": RECORD_VERSION,
+        "id": ex.id,
+        "time": format_time(ex.started),
+        "method": ex.method,
+        "url": scrub_text(ex.url),
+        "status": ex.status,
+        "provider": ex.endpoint.provider,
+        "api": ex.endpoint.api,
+        "operation": ex.endpoint.operation,
+        "model": ex.model,
+        "response_model": ex.response_model,
+        "cache": ex.cache,
+        "key": ex.key,
+        "namespace": ex.namespace,
+        "recorded": ex.recorded,
+        "stream": ex.stream,
+        "input_tokens": usage["input"] if usage else None,
+        "output_tokens": usage["output"] if usage else None,
+        "usage": usage,
+        "cost_usd": ex.cost_usd,
+        "duration_s": _round(ex.duration_s),
+        "upstream_s": _round(ex.upstream_s),
+        "ttfc_s": _round(ex.ttfc_s),
+        "finish_reason": summary.finish_reason if summary is not None else None,
+        "error": scrub_text(ex.error) if ex.error is not None else None,
+        "error_type": ex.error_type,
+        "client": ex.client,
+        "listener": ex.listener,
+        "request_headers": _headers(ex.request_headers),
+        "response_headers": _headers(ex.response_headers),
+        "request_body_size": len(ex.request_body),
+        "response_body_size": len(ex.response_body),
+    }
+    if not bodies:
+        return record
+    request_type = header(ex.request_headers, "content-type") or ""
+    value, fmt, truncated, _ = _body(ex.request_body, request_type, sse=False)
+    record.update(request_body=value, request_body_format=fmt, request_body_truncated=truncated)
+    value, fmt, truncated, events = _body(ex.response_body, response_type, sse=True)
+    record.update(
+        response_body=value,
+        response_body_format=fmt,
+        response_body_truncated=truncated,
+        events=events,
+        assembled=_assembled(summary),
+    )
+    return record
+
+
+def format_time(unix: float) -> str:
+    """ISO-8601 in UTC with milliseconds: 2025-06-01T12:00:00.123Z."""
+    try:
+        moment = datetime.fromtimestamp(unix, UTC)
+    except (OverflowError, OSError, ValueError):
+        moment = datetime.fromtimestamp(0, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def id_time(exchange_id: str) -> float:
+    """The creation time (Unix seconds) a ULID carries in its first 10 characters; 0 if none."""
+    millis = 0
+    for char in exchange_id[:10].upper():
+        digit = _CROCKFORD.find(char)
+        if digit < 0:
+            return 0.0
+        millis = millis * 32 + digit
+    return millis / 1000
+
+
+def id_floor(unix: float) -> str:
+    """The smallest id made at or after `unix`: the 10 time characters of a ULID, no randomness."""
+    millis = max(0, min(int(unix * 1000), (1 << 48) - 1))
+    chars = []
+    for _ in range(10):
+        chars.append(_CROCKFORD[millis & 31])
+        millis >>= 5
+    return "".join(reversed(chars))
+
+
+def header(headers: Iterable[tuple[str, str]] | Iterable[list[str]], name: str) -> str | None:
+    """The first value of header `name` (case-insensitive) in a list of pairs."""
+    lowered = name.lower()
+    for pair in headers:
+        if len(pair) == 2 and pair[0].lower() == lowered:
+            return pair[1]
+    return None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def _headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:
+    # The producer masked them already; scrubbing again is cheap and idempotent, and makes the
+    # promise "no key in the log" independent of every producer getting it right.
+    return [[name, scrub_text(value)] for name, value in headers]
+
+
+def _body(
+    raw: bytes, content_type: str, *, sse: bool
+) -> tuple[Any, str | None, bool, list[dict[str, Any]] | None]:
+    """(value, format, truncated, events) of a body.
+
+    format is "json" (value is the parsed document), "sse" (value is the event text, events its
+    parsed events), "text", "base64" (binary, after its key-shaped runs were masked), or None
+    for an empty body.
+    """
+    if not raw:
+        return None, None, False, None
+    truncated = len(raw) > MAX_BODY_BYTES
+    chunk = raw[:MAX_BODY_BYTES] if truncated else raw
+    text = _utf8(chunk, truncated)
+    if text is None:
+        # Binary: latin-1 maps bytes to code points one to one, so ASCII key shapes are found
+        # and masked without touching any other byte.
+        scrubbed = scrub_text(chunk.decode("latin-1")).encode("latin-1", "replace")
+        return base64.b64encode(scrubbed).decode("ascii"), "base64", truncated, None
+    text = scrub_text(text)
+    stripped = text.lstrip()
+    if not truncated and stripped[:1] in ("{", "["):
+        try:
+            return orjson.loads(text), "json", False, None
+        except orjson.JSONDecodeError:
+            pass
+    if sse and (is_event_stream(content_type) or _SSE_START.match(text)):
+        return text, "sse", truncated, _events(text)
+    return text, "text", truncated, None
+
+
+def _utf8(chunk: bytes, truncated: bool) -> str | None:
+    # A truncated body may end inside a multi-byte character: drop up to 3 trailing bytes.
+    for cut in range(4 if truncated else 1):
+        try:
+            return (chunk[: len(chunk) - cut] if cut else chunk).decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
+def _events(text: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    for event in parse_sse(text.encode("utf-8", "surrogatepass")):
+        data: Any = event.data
+        if data[:1] in ("{", "["):
+            try:
+                data = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                pass
+        events.append({"event": event.event, "data": data})
+    return events
+
+
+def _assembled(summary: ResponseSummary | None) -> dict[str, Any] | None:
+    if summary is None:
+        return None
+    return {
+        "text": scrub_text(summary.text),
+        "tool_calls": [
+            {"id": call.id, "name": call.name, "arguments": scrub_text(call.arguments)}
+            for call in summary.tool_calls
+        ],
+        "finish_reason": summary.finish_reason,
+        "complete": summary.complete,
+        "error": scrub_text(summary.error) if summary.error else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Packing for the store
+#
+# A packed record is MAGIC, a codec byte, the head's length (4 bytes, big-endian), the head as
+# JSON, then the heavy fields as compressed JSON. Listing, filtering and stats read only the head
+# (a few hundred bytes, no decompression); `get` and --grep decompress the rest.
+
+MAGIC: Final = b"LXL1"
+_PREFIX: Final = struct.Struct(">4sBI")
+_RAW, _ZLIB, _ZSTD = 0, 1, 2
+
+
+def _zstd() -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]] | None:
+    try:
+        from compression import zstd  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        try:
+            from backports import zstd  # type: ignore[import-not-found,no-redef,unused-ignore]
+        except ImportError:
+            return None
+
+    def compress(data: bytes) -> bytes:
+        return bytes(zstd.compress(data, level=1))
+
+    def decompress(data: bytes) -> bytes:
+        return bytes(zstd.decompress(data))
+
+    return compress, decompress
+
+
+# zstd level 1 packs a typical exchange ~2x faster than zlib level 1, and smaller (see
+# docs/log.md); zlib is the fallback where no zstd module is installed.
+_ZSTD_CODEC = _zstd()
+
+
+def pack_record(record: Mapping[str, Any]) -> bytes:
+    """The stored form of a record made by `exchange_record`."""
+    head = {k: v for k, v in record.items() if k not in HEAVY_FIELDS}
+    heavy = {k: record[k] for k in HEAVY_FIELDS if k in record}
+    head_json = orjson.dumps(head, default=str)
+    heavy_json = orjson.dumps(heavy, default=str)
+    if _ZSTD_CODEC is not None:
+        codec, payload = _ZSTD, _ZSTD_CODEC[0](heavy_json)
+    else:
+        codec, payload = _ZLIB, zlib.compress(heavy_json, 1)
+    return _PREFIX.pack(MAGIC, codec, len(head_json)) + head_json + payload
+
+
+def unpack_record(data: bytes, *, heavy: bool = True) -> dict[str, Any]:
+    """A record from its stored form; with `heavy=False` only the head (no headers or bodies)."""
+    record = unpack_head(data)
+    if heavy:
+        try:
+            record.update(orjson.loads(unpack_content(data)))
+        except orjson.JSONDecodeError as exc:
+            raise LogRecordError(f"bad record content: {exc}") from exc
+    return record
+
+
+def unpack_head(data: bytes) -> dict[str, Any]:
+    """The head of a stored record: every field but `HEAVY_FIELDS`."""
+    _, head_len = _prefix(data)
+    try:
+        head: dict[str, Any] = orjson.loads(data[_PREFIX.size : _PREFIX.size + head_len])
+    except orjson.JSONDecodeError as exc:
+        raise LogRecordError(f"bad record head: {exc}") from exc
+    return head
+
+
+def unpack_content(data: bytes) -> bytes:
+    """The heavy fields of a stored record as JSON text (decompressed, not parsed)."""
+    codec, head_len = _prefix(data)
+    payload = data[_PREFIX.size + head_len :]
+    if codec == _RAW:
+        return payload
+    if codec == _ZLIB:
+        try:
+            return zlib.decompress(payload)
+        except zlib.error as exc:
+            raise LogRecordError(f"bad record content: {exc}") from exc
+    if codec != _ZSTD:
+        raise LogRecordError(f"unknown compression {codec}")
+    if _ZSTD_CODEC is None:
+        raise LogRecordError(
+            "this record is zstd-compressed and no zstd module is installed: "
+            "install backports.zstd (Python < 3.14)"
+        )
+    try:
+        return _ZSTD_CODEC[1](payload)
+    except Exception as exc:  # the zstd modules raise their own ZstdError
+        raise LogRecordError(f"bad record content: {exc}") from exc
+
+
+def _prefix(data: bytes) -> tuple[int, int]:
+    if len(data) < _PREFIX.size:
+        raise LogRecordError("too short to be a log record")
+    magic, codec, head_len = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise LogRecordError(f"unknown log record format {magic!r}")
+    return int(codec), int(head_len)
+
+
+def strip_bodies(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `record` without content (what `exchange_record(bodies=False)` leaves out)."""
+    return {k: v for k, v in record.items() if not _is_content(k)}
+
+
+def _is_content(field: str) -> bool:
+    if field in _BODY_FIELDS:
+        return True
+    # request_body_format and friends describe content that is absent; the sizes stay.
+    return field.startswith(("request_body_", "response_body_")) and not field.endswith("_size")
