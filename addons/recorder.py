@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from proxy.diff import explain
 from proxy.errors import BAD_REQUEST_STATUS, ErrorReply, error_reply, offline_miss
 from proxy.exchange import Exchange, FlowState, new_id
+from proxy.exchangelog import ExchangeLog, JsonlSink
 from proxy.keys import KeyConfig, canonical_request, request_digest
 from proxy.metrics import Metrics
 from proxy.modes import CONTROLS, MODES, plan
@@ -103,6 +104,8 @@ class Recorder:
         self._used_flushed_at = 0.0
         self._stale_warned: set[str] = set()
         self._scope_salt: bytes | None = None
+        self.exchange_log: ExchangeLog | None = None
+        self.jsonl: JsonlSink | None = None
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -150,6 +153,17 @@ class Recorder:
             "several teams); requests without a key share the unscoped cache.",
         )  # fmt: skip
         loader.add_option(
+            "llmreel_log_retention", str, "30d",
+            "How long the exchange log keeps entries (30s, 10m, 2h, 7d; 0: forever).",
+        )  # fmt: skip
+        loader.add_option(
+            "llmreel_log_file", Optional[str], None,  # noqa: UP045 - mitmproxy option typespec
+            "Also write one JSON object per exchange to this file (- for standard output).",
+        )  # fmt: skip
+        loader.add_option(
+            "llmreel_log_bodies", bool, False, "Include request and response bodies in llmreel_log_file."
+        )
+        loader.add_option(
             "llmreel_explain_misses", bool, False,
             "Also in auto mode, find the closest recording for each miss and log what differs "
             "(offline misses always are). Costs a scan of the namespace per miss.",
@@ -164,6 +178,25 @@ class Recorder:
         opts = ctx.options
         if "llmreel_store" in updated:
             self._open_store(opts.llmreel_store)
+        if updated & {"llmreel_store", "llmreel_log_retention"}:
+            try:
+                retention = parse_duration(opts.llmreel_log_retention)
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"llmreel_log_retention: {exc}") from exc
+            # The log lives beside LMDB recordings; an export directory (committed to git) has
+            # no log, by design.
+            self._swap_sink("exchange_log", ExchangeLog(self.store, retention_s=retention or None)
+                            if isinstance(self.store, LmdbStore) else None)  # fmt: skip
+        if updated & {"llmreel_log_file", "llmreel_log_bodies"}:
+            try:
+                jsonl = (
+                    JsonlSink(opts.llmreel_log_file, bodies=opts.llmreel_log_bodies)
+                    if opts.llmreel_log_file
+                    else None
+                )
+            except OSError as exc:
+                raise exceptions.OptionsError(f"llmreel_log_file: {exc}") from exc
+            self._swap_sink("jsonl", jsonl)
         if "llmreel_mode" in updated:
             if opts.llmreel_mode not in MODES:
                 raise exceptions.OptionsError(
@@ -215,8 +248,18 @@ class Recorder:
         if "connection_strategy" in opts and opts.connection_strategy != "lazy":
             opts.connection_strategy = "lazy"
 
+    def _swap_sink(self, attr: str, new: ExchangeLog | JsonlSink | None) -> None:
+        old: ExchangeLog | JsonlSink | None = getattr(self, attr)
+        if old is not None:
+            self.sinks.remove(old.append)
+            old.close()
+        setattr(self, attr, new)
+        if new is not None:
+            self.sinks.append(new.append)
+
     def _open_store(self, path: str) -> None:
         if self.store is not None:
+            self._swap_sink("exchange_log", None)
             self._flush_used()
             self.store.close()
             self.store = None
@@ -264,6 +307,8 @@ class Recorder:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
             self._metrics_server = None
+        self._swap_sink("jsonl", None)
+        self._swap_sink("exchange_log", None)
         if self.store is not None:
             self._flush_used()
             self.store.close()

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from .cli_cache import cache
+from .cli_log import log as log_group
 from .config import apply_config, config_command
 from .modes import MODES
 from .report import RunReport
@@ -72,6 +73,13 @@ def proxy_options(default_port: int, default_metrics_port: int) -> Callable[[F],
                          help="TOML or JSON file of per-million-token prices for extra models."),
             click.option("--scope-by-credential", is_flag=True,
                          help="Isolate the cache by a salted hash of each request's API key."),
+            click.option("--log-retention", default="30d", show_default=True,
+                         envvar="LLMREEL_LOG_RETENTION",
+                         help="How long the exchange log keeps entries (7d, 12h; 0: forever)."),
+            click.option("--log-file", default=None, metavar="PATH|-",
+                         help="Also write one JSON object per exchange to PATH (- for stdout)."),
+            click.option("--log-bodies", is_flag=True,
+                         help="Include request and response bodies in --log-file."),
             click.option("--explain-misses", is_flag=True,
                          help="In auto mode too, log how each miss differs from the closest recording."),
             click.option("--sequence", is_flag=True,
@@ -299,6 +307,7 @@ The CA's private key is {cert.parent / "mitmproxy-ca.pem"}: keep it private.""",
 
 
 main.add_command(cache)
+main.add_command(log_group)
 main.add_command(config_command)
 
 if __name__ == "__main__":

@@ -90,8 +90,15 @@ def mask_query(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, mask(v) if is_secret_query_param(k) else v) for k, v in pairs]
 
 
+# Every shape in _KEY_PATTERN contains one of these: a substring test per hint is far cheaper
+# than the regex over large bodies, which rarely hold a key.
+KEY_HINTS = ("sk-", "AIza", "gsk_", "xai-", "hf_", "AKIA", "ASIA", "ghp_", "earer ")
+
+
 def scrub_text(text: str) -> str:
     """Mask anything in free text that is shaped like an API key or a bearer token."""
+    if not any(hint in text for hint in KEY_HINTS):
+        return text
     return _KEY_PATTERN.sub(lambda m: mask(m.group(0)), text)
 
 

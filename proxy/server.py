@@ -61,6 +61,9 @@ class ProxySettings:
     ignore_fields: Sequence[str] = ()
     prices: str | None = None
     sequence: bool = False
+    log_retention: str = "30d"
+    log_file: str | None = None
+    log_bodies: bool = False
     explain_misses: bool = False
     scope_by_credential: bool = False
     max_age: str = ""
@@ -139,6 +142,9 @@ class ProxyServer:
                 llmreel_ignore_fields=list(s.ignore_fields),
                 llmreel_prices=s.prices,
                 llmreel_sequence=s.sequence,
+                llmreel_log_retention=s.log_retention,
+                llmreel_log_file=s.log_file,
+                llmreel_log_bodies=s.log_bodies,
                 llmreel_explain_misses=s.explain_misses,
                 llmreel_scope_by_credential=s.scope_by_credential,
                 llmreel_max_age=s.max_age,

@@ -300,3 +300,25 @@ def test_committed_export_replays_offline_and_a_changed_prompt_says_what_changed
     message = str(caught.value)
     assert "messages[0].content" in message and "Say hello to the reel!" in message
     assert fake.connections == connections
+
+
+def test_log_file_gets_one_json_line_per_exchange(
+    make_proxy: MakeProxy, fake: FakeUpstream, bundle: str, tmp_path: Path
+) -> None:
+    import json
+    import stat
+
+    log_file = tmp_path / "exchanges.jsonl"
+    proxy = make_proxy(log_file=str(log_file), log_bodies=True)
+    client = openai_client(proxy, fake, bundle)
+    for _ in range(2):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "log me"}])  # type: ignore[arg-type]
+    proxy.stop()
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [line["cache"] for line in lines] == ["miss", "hit"]
+    for field in ("id", "time", "method", "url", "status", "provider", "model", "operation", "cache",
+                  "namespace", "input_tokens", "output_tokens", "cost_usd", "duration_s", "ttfc_s", "error"):  # fmt: skip
+        assert field in lines[0], field
+    assert lines[0]["request_body"]["messages"][0]["content"] == "log me"
+    assert "sk-test-0000000000000000000000" not in log_file.read_text()
+    assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
