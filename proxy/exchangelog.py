@@ -20,7 +20,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
@@ -30,12 +31,11 @@ from .logrecord import (
     LogRecordError,
     exchange_record,
     id_floor,
-    pack_record,
-    strip_bodies,
-    unpack_content,
+    pack_exchange,
     unpack_head,
     unpack_record,
 )
+from .store import Value
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -47,7 +47,6 @@ __all__ = [
     "JsonlSink",
     "LogStore",
     "UnknownExchange",
-    "record_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,26 +73,9 @@ class LogStore(Protocol):
     def count(self, db: bytes) -> int: ...
     def write_raw(self, writes: list[tuple[bytes, bytes, bytes | None]]) -> None: ...
     def submit_raw(
-        self, writes: list[tuple[bytes, bytes, bytes | None]]
+        self, writes: Sequence[tuple[bytes, bytes, Value]]
     ) -> concurrent.futures.Future[None]: ...
     def flush(self, timeout: float | None = None) -> None: ...
-
-
-# The last record built, by exchange id: with --log-file on, both sinks see each exchange one
-# after the other on the event loop, and the record (scrubbing and parsing every body) is the
-# expensive part. One slot is enough for that, and holds no memory worth mentioning.
-_last_record: tuple[str, dict[str, Any]] | None = None
-
-
-def record_of(ex: Exchange) -> dict[str, Any]:
-    """`exchange_record(ex)`, built once for all the sinks that log the same exchange."""
-    global _last_record
-    last = _last_record
-    if last is not None and last[0] == ex.id:
-        return last[1]
-    record = exchange_record(ex)
-    _last_record = (ex.id, record)
-    return record
 
 
 class UnknownExchange(LookupError):
@@ -135,8 +117,8 @@ class ExchangeLog:
     def append(self, ex: Exchange) -> None:
         """Queue `ex` for the store's writer thread. Never raises: logging must not fail traffic."""
         try:
-            packed = pack_record(record_of(ex))
-            future = self.store.submit_raw([(LOG_DB, ex.id.encode(), packed)])
+            # Packing (scrubbing, compressing) happens in the store's writer thread.
+            future = self.store.submit_raw([(LOG_DB, ex.id.encode(), partial(pack_exchange, ex))])
         except Exception as exc:  # noqa: BLE001 - a bug here must cost a log line, not a request
             self._report(exc)
             return
@@ -264,12 +246,9 @@ class ExchangeLog:
                 if not flt.matches_head(record):
                     continue
                 if full:
-                    blob = unpack_content(value)
-                    # Most records fail a --grep: reject them before parsing their JSON (the
-                    # head's `error` is searched too, and is not in the content).
-                    if not flt.may_match_content(blob) and not flt.matches_content(record):
-                        continue
-                    record.update(orjson.loads(blob))
+                    # Bodies are stored raw (see pack_exchange): a streamed answer is spread over
+                    # many events, so only the expanded record can be searched.
+                    record = unpack_record(value)
                     if not flt.matches_content(record):
                         continue
             except (LogRecordError, orjson.JSONDecodeError) as exc:
@@ -314,9 +293,7 @@ class JsonlSink:
     def append(self, ex: Exchange) -> None:
         """Write the line for `ex`. Never raises: a full disk costs log lines, not requests."""
         try:
-            record = record_of(ex)
-            if not self.bodies:
-                record = strip_bodies(record)
+            record = exchange_record(ex, bodies=self.bodies)
             line = orjson.dumps(record, default=str) + b"\n"
             self._out.write(line)
             if not self._owned:

@@ -83,7 +83,6 @@ class LogFilter:
     namespaces: tuple[str, ...] = ()
     grep: str | None = None
     _grep_folded: str = field(default="", init=False, repr=False, compare=False)
-    _grep_bytes: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for status in self.statuses:
@@ -91,10 +90,6 @@ class LogFilter:
                 raise ValueError(f"status {status!r}: use a code (200), a class (4xx) or error")
         folded = (self.grep or "").casefold()
         object.__setattr__(self, "_grep_folded", folded)
-        # Quotes, backslashes and control characters are escaped in JSON text, and non-ASCII
-        # case folding differs from bytes.lower(): those needles skip the fast pre-check.
-        plain = folded.isascii() and folded.isprintable() and not set(folded) & {'"', "\\"}
-        object.__setattr__(self, "_grep_bytes", folded.encode() if folded and plain else None)
 
     @property
     def needs_content(self) -> bool:
@@ -123,15 +118,6 @@ class LogFilter:
         if not self._grep_folded:
             return True
         return self._grep_folded in searchable_text(record).casefold()
-
-    def may_match_content(self, content_json: bytes) -> bool:
-        """A fast pre-check of `grep` on a record's stored content (JSON text, not parsed).
-
-        False only when the text cannot match: an ASCII needle that needs no JSON escaping is
-        searched in the raw bytes, lowercased. Anything else defers to `matches_content`.
-        """
-        needle = self._grep_bytes
-        return needle is None or needle in content_json.lower()
 
     def _model_matches(self, record: Mapping[str, Any]) -> bool:
         names = [_lower(record.get("model")), _lower(record.get("response_model"))]

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from .providers import ResponseSummary, summarize
-from .redact import scrub_text
+from .providers import Endpoint, ResponseSummary, summarize
+from .redact import KEY_HINTS, scrub_text
 from .sse import parse_sse
 from .wire import is_event_stream
 
@@ -36,7 +36,7 @@ __all__ = [
     "header",
     "id_time",
     "id_floor",
-    "pack_record",
+    "pack_exchange",
     "strip_bodies",
     "unpack_content",
     "unpack_head",
@@ -80,13 +80,27 @@ def exchange_record(ex: Exchange, *, bodies: bool = True) -> dict[str, Any]:
     is left out, for logs that must not hold prompts. Never raises on odd bodies: invalid UTF-8
     becomes base64 (scrubbed first), non-JSON becomes text, huge bodies are truncated.
     """
-    usage = ex.usage.as_dict() if ex.usage is not None else None
-    response_type = header(ex.response_headers, "content-type") or ""
     summary = ex.summary
     if summary is None and ex.response_body:
         # Replays and llmreel's own answers come without a summary; the log wants the
         # assembled answer for every exchange, so read the body here (pure, never raises).
+        response_type = header(ex.response_headers, "content-type") or ""
         summary = summarize(ex.endpoint, ex.response_body, response_type)
+    record = exchange_head(ex, summary)
+    record["request_headers"] = _headers(ex.request_headers)
+    record["response_headers"] = _headers(ex.response_headers)
+    if not bodies:
+        return record
+    record.update(_content(ex.endpoint, ex.request_body, ex.response_body,
+                           record["request_headers"], record["response_headers"], summary))  # fmt: skip
+    return record
+
+
+def exchange_head(ex: Exchange, summary: ResponseSummary | None = None) -> dict[str, Any]:
+    """The cheap part of a record: every field but `HEAVY_FIELDS` (no body is parsed)."""
+    usage = ex.usage.as_dict() if ex.usage is not None else None
+    if summary is None:
+        summary = ex.summary
     record: dict[str, Any] = {
         "v": RECORD_VERSION,
         "id": ex.id,
@@ -116,25 +130,37 @@ def exchange_record(ex: Exchange, *, bodies: bool = True) -> dict[str, Any]:
         "error_type": ex.error_type,
         "client": ex.client,
         "listener": ex.listener,
-        "request_headers": _headers(ex.request_headers),
-        "response_headers": _headers(ex.response_headers),
         "request_body_size": len(ex.request_body),
         "response_body_size": len(ex.response_body),
     }
-    if not bodies:
-        return record
-    request_type = header(ex.request_headers, "content-type") or ""
-    value, fmt, truncated, _ = _body(ex.request_body, request_type, sse=False)
-    record.update(request_body=value, request_body_format=fmt, request_body_truncated=truncated)
-    value, fmt, truncated, events = _body(ex.response_body, response_type, sse=True)
-    record.update(
-        response_body=value,
-        response_body_format=fmt,
-        response_body_truncated=truncated,
-        events=events,
-        assembled=_assembled(summary),
-    )
     return record
+
+
+def _content(
+    endpoint: Endpoint,
+    request_body: bytes,
+    response_body: bytes,
+    request_headers: list[list[str]],
+    response_headers: list[list[str]],
+    summary: ResponseSummary | None,
+) -> dict[str, Any]:
+    """The body fields of a record: decoded bodies, SSE events and the assembled answer."""
+    response_type = header(response_headers, "content-type") or ""
+    if summary is None and response_body:
+        summary = summarize(endpoint, response_body, response_type)
+    request_type = header(request_headers, "content-type") or ""
+    req_value, req_fmt, req_truncated, _ = _body(request_body, request_type, sse=False)
+    value, fmt, truncated, events = _body(response_body, response_type, sse=True)
+    return {
+        "request_body": req_value,
+        "request_body_format": req_fmt,
+        "request_body_truncated": req_truncated,
+        "response_body": value,
+        "response_body_format": fmt,
+        "response_body_truncated": truncated,
+        "events": events,
+        "assembled": _assembled(summary),
+    }
 
 
 def format_time(unix: float) -> str:
@@ -262,7 +288,9 @@ def _assembled(summary: ResponseSummary | None) -> dict[str, Any] | None:
 # JSON, then the heavy fields as compressed JSON. Listing, filtering and stats read only the head
 # (a few hundred bytes, no decompression); `get` and --grep decompress the rest.
 
-MAGIC: Final = b"LXL1"
+_BYTE_HINTS: Final = tuple(hint.encode() for hint in KEY_HINTS)
+#: Records stored by `pack_exchange`: the head, then the raw (scrubbed) bodies, compressed.
+MAGIC_RAW: Final = b"LXR1"
 _PREFIX: Final = struct.Struct(">4sBI")
 _RAW, _ZLIB, _ZSTD = 0, 1, 2
 
@@ -290,32 +318,71 @@ def _zstd() -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]] | None:
 _ZSTD_CODEC = _zstd()
 
 
-def pack_record(record: Mapping[str, Any]) -> bytes:
-    """The stored form of a record made by `exchange_record`."""
-    head = {k: v for k, v in record.items() if k not in HEAVY_FIELDS}
-    heavy = {k: record[k] for k in HEAVY_FIELDS if k in record}
+def pack_exchange(ex: Exchange) -> bytes:
+    """The stored form of `ex`, made cheaply on the proxy's event loop.
+
+    Only the head is built now. The bodies are stored as received, scrubbed of key-shaped
+    strings and compressed; parsing them (JSON, SSE events, the assembled answer) is left to
+    the reader (`unpack_record`), so a busy proxy pays microseconds, not a parse, per exchange.
+    """
+    head = exchange_head(ex)
+    request_body = _scrub_bytes(ex.request_body[:MAX_BODY_BYTES])
+    response_body = _scrub_bytes(ex.response_body[:MAX_BODY_BYTES])
+    head["_raw"] = {
+        # Exchange headers are masked by their producer (`mask_headers`, which also scrubs).
+        "request_headers": ex.request_headers,
+        "response_headers": ex.response_headers,
+        "request_len": len(request_body),
+        "otel_provider": ex.endpoint.otel_provider,
+    }
     head_json = orjson.dumps(head, default=str)
-    heavy_json = orjson.dumps(heavy, default=str)
+    payload = request_body + response_body
     if _ZSTD_CODEC is not None:
-        codec, payload = _ZSTD, _ZSTD_CODEC[0](heavy_json)
+        codec, packed = _ZSTD, _ZSTD_CODEC[0](payload)
     else:
-        codec, payload = _ZLIB, zlib.compress(heavy_json, 1)
-    return _PREFIX.pack(MAGIC, codec, len(head_json)) + head_json + payload
+        codec, packed = _ZLIB, zlib.compress(payload, 1)
+    return _PREFIX.pack(MAGIC_RAW, codec, len(head_json)) + head_json + packed
+
+
+def _scrub_bytes(body: bytes) -> bytes:
+    if not any(hint in body for hint in _BYTE_HINTS):
+        return body  # the common case: nothing key-shaped, no decode and re-encode
+    try:
+        return scrub_text(body.decode("utf-8")).encode("utf-8")
+    except UnicodeDecodeError:
+        # latin-1 maps bytes to code points one to one: ASCII key shapes are masked, nothing
+        # else changes.
+        return scrub_text(body.decode("latin-1")).encode("latin-1", "replace")
 
 
 def unpack_record(data: bytes, *, heavy: bool = True) -> dict[str, Any]:
     """A record from its stored form; with `heavy=False` only the head (no headers or bodies)."""
-    record = unpack_head(data)
-    if heavy:
-        try:
-            record.update(orjson.loads(unpack_content(data)))
-        except orjson.JSONDecodeError as exc:
-            raise LogRecordError(f"bad record content: {exc}") from exc
+    record = _head(data)
+    raw = record.pop("_raw", None)
+    if not heavy:
+        return record
+    if raw is None:
+        raise LogRecordError("record content is missing")
+    bodies = unpack_content(data)
+    split = int(raw["request_len"])
+    endpoint = Endpoint(record["provider"], record["api"], record["operation"], raw["otel_provider"])
+    record["request_headers"] = raw["request_headers"]
+    record["response_headers"] = raw["response_headers"]
+    record.update(_content(endpoint, bodies[:split], bodies[split:], raw["request_headers"],
+                           raw["response_headers"], None))  # fmt: skip
+    if record.get("finish_reason") is None and record["assembled"] is not None:
+        record["finish_reason"] = record["assembled"]["finish_reason"]
     return record
 
 
 def unpack_head(data: bytes) -> dict[str, Any]:
     """The head of a stored record: every field but `HEAVY_FIELDS`."""
+    head = _head(data)
+    head.pop("_raw", None)
+    return head
+
+
+def _head(data: bytes) -> dict[str, Any]:
     _, head_len = _prefix(data)
     try:
         head: dict[str, Any] = orjson.loads(data[_PREFIX.size : _PREFIX.size + head_len])
@@ -352,7 +419,7 @@ def _prefix(data: bytes) -> tuple[int, int]:
     if len(data) < _PREFIX.size:
         raise LogRecordError("too short to be a log record")
     magic, codec, head_len = _PREFIX.unpack_from(data)
-    if magic != MAGIC:
+    if magic != MAGIC_RAW:
         raise LogRecordError(f"unknown log record format {magic!r}")
     return int(codec), int(head_len)
 

@@ -14,8 +14,9 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -33,7 +34,10 @@ _BATCH = 256
 # A job for the writer thread: writes (database, key, value; None deletes) and its future.
 # An empty list of writes is a flush marker: its future resolves once earlier jobs committed.
 _Writes = list[tuple[bytes, bytes, bytes | None]]
-_Job = tuple[_Writes, concurrent.futures.Future[None]]
+#: A value, or a function that makes it in the writer thread (keeping e.g. compression off the
+#: proxy's event loop), or None to delete.
+Value = bytes | Callable[[], bytes] | None
+_Job = tuple[Sequence[tuple[bytes, bytes, Value]], concurrent.futures.Future[None]]
 #: Named databases in a store. "entries" holds recordings; the others sit beside them.
 DATABASES = (b"meta", b"entries", b"log", b"used")
 
@@ -270,14 +274,19 @@ class LmdbStore:
 
     def submit(self, rec: Recording) -> concurrent.futures.Future[None]:
         """Queue a recording for the writer thread; the future resolves once it is committed."""
-        return self.submit_raw([(b"entries", entry_key(rec.namespace, rec.key, rec.seq), pack(rec))])
+        # Packing copies the body: let the writer thread do it.
+        return self.submit_raw([(b"entries", entry_key(rec.namespace, rec.key, rec.seq), partial(pack, rec))])
 
     def write_raw(self, writes: _Writes) -> None:
         """Apply (database, key, value) writes in one transaction now; a None value deletes."""
         self._write_batch(writes)
 
-    def submit_raw(self, writes: _Writes) -> concurrent.futures.Future[None]:
-        """Queue writes for the writer thread, which commits queued jobs together."""
+    def submit_raw(self, writes: Sequence[tuple[bytes, bytes, Value]]) -> concurrent.futures.Future[None]:
+        """Queue writes for the writer thread, which commits queued jobs together.
+
+        A value may be a function: the writer thread calls it just before the commit. If it
+        raises, only this job fails.
+        """
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
         if self._closed:
             future.set_exception(StoreError(f"the store at {self.path} is closed", "closed"))
@@ -311,14 +320,15 @@ class LmdbStore:
                     self._queue.put(None)  # finish this batch, then stop
                     break
                 batch.append(more)
+            ready = [job for job in map(_resolve, batch) if job is not None]
             try:
-                self._write_batch([write for writes, _ in batch for write in writes])
+                self._write_batch([write for writes, _ in ready for write in writes])
             except Exception as exc:  # noqa: BLE001 - every waiter must learn of the failure
                 error = exc if isinstance(exc, StoreError) else StoreError(str(exc))
-                for _, future in batch:
+                for _, future in ready:
                     future.set_exception(error)
             else:
-                for _, future in batch:
+                for _, future in ready:
                     future.set_result(None)
 
     def _write_batch(self, items: _Writes) -> None:
@@ -381,6 +391,16 @@ class LmdbStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _resolve(job: _Job) -> tuple[_Writes, concurrent.futures.Future[None]] | None:
+    """The job with every value made; None (its future failed) when making one raised."""
+    writes, future = job
+    try:
+        return [(db, key, value() if callable(value) else value) for db, key, value in writes], future
+    except Exception as exc:  # noqa: BLE001 - one bad value must not fail the other jobs
+        future.set_exception(StoreError(f"cannot encode a value for the store: {exc}"))
+        return None
 
 
 def _prefix_end(prefix: bytes) -> bytes:

@@ -177,3 +177,25 @@ def test_raw_databases_iterate_by_prefix_both_ways(tmp_path: Path) -> None:
         store.submit_raw([(b"log", b"b2", None), (b"used", b"x", b"1")]).result(5)
         assert store.get_raw(b"log", b"b2") is None and store.count(b"log") == 4
         assert store.count(b"entries") == 0  # other databases untouched
+
+
+def test_lazy_values_are_made_in_the_writer_and_a_failing_one_fails_alone(tmp_path: Path) -> None:
+    import threading
+
+    made_in: list[str] = []
+
+    def make() -> bytes:
+        made_in.append(threading.current_thread().name)
+        return b"made"
+
+    def broken() -> bytes:
+        raise ValueError("boom")
+
+    with LmdbStore(tmp_path / "s") as store:
+        good = store.submit_raw([(b"log", b"a", make)])
+        bad = store.submit_raw([(b"log", b"b", broken)])
+        good.result(5)
+        with pytest.raises(StoreError, match="boom"):
+            bad.result(5)
+        assert store.get_raw(b"log", b"a") == b"made" and store.get_raw(b"log", b"b") is None
+        assert made_in == ["llmreel-store-writer"]
