@@ -755,7 +755,7 @@ def _masked_url(flow: http.HTTPFlow) -> str:
     if query:
         from urllib.parse import urlencode
 
-        url += "?" + urlencode(mask_query(req.query.items(multi=True)))
+        url += "?" + urlencode(mask_query(req.query.items(multi=True)), safe="[] ")
     return url
 
 

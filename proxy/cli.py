@@ -128,8 +128,11 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # mitmproxy's per-connection chatter is noise here; its warnings and errors are not.
-    for name in ("mitmproxy", "asyncio", "hpack", "h2", "passlib"):
+    for name in ("mitmproxy", "asyncio", "passlib"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # The HTTP/2 libraries log raw header values (API keys, cookies) at DEBUG: never show them.
+    for name in ("hpack", "h2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -6,10 +6,12 @@ import os
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import certifi
 
-from .server import Reverse
+if TYPE_CHECKING:
+    from .server import Reverse
 
 CA_BASENAME = "mitmproxy"
 BUNDLE_NAME = "llmreel-ca-bundle.pem"
@@ -31,12 +33,19 @@ def confdir_path(confdir: str) -> Path:
     return Path(os.path.expanduser(confdir))
 
 
+def private_dir(confdir: str) -> Path:
+    """The CA directory, created if needed and made private to the user (0700, whatever the umask)."""
+    directory = confdir_path(confdir)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    return directory
+
+
 def ensure_ca(confdir: str) -> Path:
     """Create mitmproxy's CA in `confdir` if it is not there yet; return the certificate's path."""
     from mitmproxy.certs import CertStore
 
-    directory = confdir_path(confdir)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory = private_dir(confdir)
     CertStore.from_store(directory, CA_BASENAME, 2048)
     return directory / f"{CA_BASENAME}-ca-cert.pem"
 

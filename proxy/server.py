@@ -16,6 +16,8 @@ from mitmproxy import exceptions
 from mitmproxy.options import Options
 from mitmproxy.tools.dump import DumpMaster
 
+from .clientenv import private_dir
+
 log = logging.getLogger("llmreel")
 
 DEFAULT_CONFDIR = "~/.mitmproxy"
@@ -116,6 +118,9 @@ class ProxyServer:
 
     async def start(self) -> Running:
         s = self.settings
+        # mitmproxy creates its confdir with a plain mkdir; the CA key must not sit in a
+        # directory others can write to.
+        private_dir(s.confdir)
         master = DumpMaster(Options(), with_termlog=False, with_dumper=False)
         # We report startup errors ourselves instead of letting errorcheck exit the process.
         if (errorcheck := master.addons.get("errorcheck")) is not None:

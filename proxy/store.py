@@ -43,7 +43,8 @@ DATABASES = (b"meta", b"entries", b"log", b"used")
 
 
 #: Why a write failed, as counted in `llmreel_store_write_errors_total{reason}`.
-WRITE_ERROR_REASONS = ("disk_full", "map_full", "io_error", "closed")
+WRITE_ERROR_REASONS = ("disk_full", "map_full", "corrupt", "io_error", "closed")
+_CORRUPTION = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadTxnError, lmdb.InvalidError)
 
 
 class StoreError(Exception):
@@ -129,6 +130,7 @@ class LmdbStore:
             file = directory / name
             if file.exists():
                 file.chmod(0o600)
+        self._check_length(directory / "data.mdb")
         self._lock = threading.Lock()  # excludes transactions during a map resize
         try:
             self._dbs = {name: self.env.open_db(name) for name in DATABASES}
@@ -137,10 +139,25 @@ class LmdbStore:
             self._check_schema()
         except lmdb.Error as exc:
             self.env.close()
-            raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
+            raise self._error("read", exc) from exc
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._closed = False
+
+    def _check_length(self, data_file: Path) -> None:
+        # A truncated data file opens fine, but reading its missing pages kills the process
+        # with SIGBUS: refuse it while we still can say why.
+        try:
+            needed = (int(self.env.info()["last_pgno"]) + 1) * int(self.env.stat()["psize"])
+            actual = data_file.stat().st_size
+        except (lmdb.Error, OSError):
+            return
+        if actual < needed:
+            self.env.close()
+            raise StoreError(
+                f"the store at {self.path} is truncated ({actual} of {needed} bytes): move it "
+                "away and record again, or rebuild it from an export with `llmreel cache import`"
+            )
 
     # --- schema -------------------------------------------------------------------------------
 
@@ -193,7 +210,7 @@ class LmdbStore:
                 # Another process grew the map: adopt its size and read again.
                 self._adopt_map_size()
             except lmdb.Error as exc:
-                raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
+                raise self._error("read", exc) from exc
         return None
 
     def iter(self, namespace: str | None = None) -> Iterator[Recording]:
@@ -214,7 +231,7 @@ class LmdbStore:
                             "skipping corrupt recording %r in %s: %s", db_key, self.path, exc
                         )
         except lmdb.Error as exc:
-            raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
+            raise self._error("read", exc) from exc
 
     def get_raw(self, db: bytes, key: bytes) -> bytes | None:
         """A value from one of the named `DATABASES`."""
@@ -247,14 +264,14 @@ class LmdbStore:
                         break
                     yield bytes(key), bytes(value)
         except lmdb.Error as exc:
-            raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
+            raise self._error("read", exc) from exc
 
     def count(self, db: bytes) -> int:
         try:
             with self._lock, self.env.begin(db=self._dbs[db]) as txn:
                 return int(txn.stat(self._dbs[db])["entries"])
         except lmdb.Error as exc:
-            raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
+            raise self._error("read", exc) from exc
 
     def stats(self) -> StoreStats:
         try:
@@ -263,7 +280,7 @@ class LmdbStore:
             info = self.env.info()
             size = (int(info["last_pgno"]) + 1) * int(self.env.stat()["psize"])
         except lmdb.Error as exc:
-            raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
+            raise self._error("read", exc) from exc
         return StoreStats(entries=entries, size_bytes=size)
 
     # --- writing ------------------------------------------------------------------------------
@@ -303,7 +320,7 @@ class LmdbStore:
             with self._lock, self.env.begin(db=self._entries, write=True) as txn:
                 return bool(txn.delete(entry_key(namespace, key, seq)))
         except lmdb.Error as exc:
-            raise StoreError(f"cannot write the store at {self.path}: {exc}") from exc
+            raise self._error("write", exc) from exc
 
     def _write_loop(self) -> None:
         while True:
@@ -346,12 +363,26 @@ class LmdbStore:
             except lmdb.MapResizedError:
                 self._adopt_map_size()
             except lmdb.Error as exc:
-                disk_full = "No space left" in str(exc) or "ENOSPC" in str(exc)
-                raise StoreError(
-                    f"cannot write to the store at {self.path}: {exc}. "
-                    "Check free disk space and permissions; traffic keeps flowing unrecorded.",
-                    "disk_full" if disk_full else "io_error",
-                ) from exc
+                raise self._error("write", exc) from exc
+
+    def _error(self, action: str, exc: lmdb.Error) -> StoreError:
+        """Translate an lmdb error into one that says what happened and what to do."""
+        if isinstance(exc, _CORRUPTION):
+            return StoreError(
+                f"the store at {self.path} is corrupt ({exc}): move it away and record again, "
+                "or rebuild it from an export with `llmreel cache import`",
+                "corrupt",
+            )
+        if "No space left" in str(exc) or "ENOSPC" in str(exc):
+            return StoreError(
+                f"cannot {action} the store at {self.path}: the disk is full. Free some space "
+                "or prune with `llmreel cache prune`; traffic keeps flowing unrecorded.",
+                "disk_full",
+            )
+        return StoreError(
+            f"cannot {action} the store at {self.path}: {exc}. Check free disk space and "
+            "permissions; traffic keeps flowing unrecorded."
+        )
 
     def _grow(self) -> None:
         with self._lock:

@@ -49,7 +49,7 @@ def run(*args: str, env: dict[str, str | None] | None = None, ok: bool = True) -
 
 def write(store_dir: Path, exchanges: list[Exchange]) -> None:
     with LmdbStore(store_dir) as store:
-        exchange_log = ExchangeLog(store)
+        exchange_log = ExchangeLog(store, retention_s=None)  # no automatic prune: tests prune
         for ex in exchanges:
             exchange_log.append(ex)
         exchange_log.flush()
