@@ -13,6 +13,7 @@ import concurrent.futures
 import logging
 import os
 import queue
+import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -373,7 +374,7 @@ class LmdbStore:
                 "or rebuild it from an export with `llmreel cache import`",
                 "corrupt",
             )
-        if "No space left" in str(exc) or "ENOSPC" in str(exc):
+        if "No space left" in str(exc) or _disk_nearly_full(self.path):
             return StoreError(
                 f"cannot {action} the store at {self.path}: the disk is full. Free some space "
                 "or prune with `llmreel cache prune`; traffic keeps flowing unrecorded.",
@@ -422,6 +423,14 @@ class LmdbStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _disk_nearly_full(path: str) -> bool:
+    # LMDB reports a failed page write on a full disk as EIO, not ENOSPC: look at the disk.
+    try:
+        return shutil.disk_usage(path).free < 16 << 20
+    except OSError:
+        return False
 
 
 def _resolve(job: _Job) -> tuple[_Writes, concurrent.futures.Future[None]] | None:

@@ -14,13 +14,14 @@ import itertools
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -593,6 +594,48 @@ def test_full_store_stops_recording_loudly_but_traffic_keeps_flowing(
     proxy.stop()
     audit = audit_store(Path(proxy.settings.store))
     assert audit.corrupt == [] and 0 < audit.entries < 12
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs: a real full disk (ENOSPC), where this machine lets us mount one."""
+    mountpoint = tmp_path / "small-disk"
+    mountpoint.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mountpoint)],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_full_disk_stops_recording_loudly_but_traffic_keeps_flowing(
+    make_proxy: MakeProxy, fake: FakeUpstream, bundle: str, small_disk: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    proxy = make_proxy(store=str(small_disk / "store"))
+    url = f"{fake.url}{CHAT_PATH}"
+    big = {"x-fake-body-bytes": "300000", "x-fake-gzip": "0"}
+    with caplog.at_level(logging.ERROR, logger="llmreel"), http_client(proxy, bundle) as client:
+        replies = [client.post(url, json=chat_body(f"fill the disk {i}"), headers=big) for i in range(16)]
+        proxy.recorder.store.flush(10)
+        time.sleep(0.2)  # write-failure callbacks run on the proxy's loop
+        first_again = client.post(url, json=chat_body("fill the disk 0"), headers=big)
+        later = client.post(url, json=chat_body("after the disk filled up"))
+    assert [r.status_code for r in replies] == [200] * 16
+    assert first_again.headers["llmreel-cache"] == "hit"
+    assert (later.status_code, later.headers["llmreel-cache"]) == (200, "miss")
+    failures = proxy.recorder.registry.get_sample_value(
+        "llmreel_store_write_errors_total", {"reason": "disk_full"}
+    )
+    assert failures is not None and failures >= 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("disk is full" in m for m in errors), errors
+    proxy.stop()
 
 
 def _recording(i: int) -> Recording:
