@@ -667,6 +667,9 @@ class Recorder:
         ep = state.endpoint
         if error_type is None and status is not None and status >= 400 and state.forwarded_at:
             error_type = str(status)
+        if state.outcome == "offline_miss" and error is None:
+            error = f"llmreel cache miss (offline). {state.explanation}".strip()
+            error_type = "offline_miss"
         cost = None
         if usage is not None:
             cost = self.pricer.cost(ep.provider, response_model or state.model, usage)
@@ -698,6 +701,7 @@ class Recorder:
             usage=usage,
             cost_usd=cost,
             recorded=recorded,
+            explanation=state.explanation,
             client=_peer(flow),
             listener=flow.client_conn.proxy_mode.full_spec,
             request_headers=state.request_headers,

@@ -62,6 +62,8 @@ class Exchange:
     usage: Usage | None = None
     cost_usd: float | None = None
     recorded: bool = False
+    explanation: str = ""
+    """For a miss that was explained: how it differs from the closest recording."""
     client: str = ""
     listener: str = ""
     request_headers: list[tuple[str, str]] = field(default_factory=list)

@@ -128,6 +128,7 @@ def exchange_head(ex: Exchange, summary: ResponseSummary | None = None) -> dict[
         "finish_reason": summary.finish_reason if summary is not None else None,
         "error": scrub_text(ex.error) if ex.error is not None else None,
         "error_type": ex.error_type,
+        "explanation": scrub_text(ex.explanation) or None,
         "client": ex.client,
         "listener": ex.listener,
         "request_body_size": len(ex.request_body),

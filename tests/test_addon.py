@@ -412,3 +412,16 @@ async def test_offline_miss_with_nothing_recorded_says_so(recorder: Recorder) ->
     configure(recorder, llmreel_mode="offline")
     flow = await exchange(recorder, chat_flow())
     assert "Nothing was recorded for this endpoint" in json.loads(flow.response.content)["error"]["message"]
+
+
+async def test_offline_miss_explanation_reaches_the_log(recorder: Recorder) -> None:
+    from proxy.exchange import Exchange
+
+    seen: list[Exchange] = []
+    recorder.sinks.append(seen.append)
+    await exchange(recorder, chat_flow({**CHAT, "temperature": 0.2}))
+    configure(recorder, llmreel_mode="offline")
+    await exchange(recorder, chat_flow({**CHAT, "temperature": 0.9}))
+    miss = seen[-1]
+    assert miss.cache == "offline_miss" and miss.error_type == "offline_miss"
+    assert "temperature" in miss.explanation and miss.error is not None and "temperature" in miss.error
