@@ -451,11 +451,11 @@ class Recorder:
 
     def _lookup(self, state: FlowState) -> Recording | None:
         assert self.store is not None
-        rec = self.store.get(state.namespace, state.key, state.seq)
+        rec = self.store.get(state.namespace, state.key, state.seq, request=False)
         if rec is None and state.seq and not state.plan.forward:
             # Sequence mode, replay only: after the last recording, serve the last one.
             for earlier in range(state.seq - 1, -1, -1):
-                rec = self.store.get(state.namespace, state.key, earlier)
+                rec = self.store.get(state.namespace, state.key, earlier, request=False)
                 if rec is not None:
                     break
         if rec is None or self.max_age_s is None:

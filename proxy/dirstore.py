@@ -144,7 +144,8 @@ class DirStore:
     def file_for(self, namespace: str, key: str, seq: int = 0) -> Path:
         return self.root / entry_path(namespace, key, seq)
 
-    def get(self, namespace: str, key: str, seq: int = 0) -> Recording | None:
+    def get(self, namespace: str, key: str, seq: int = 0, *, request: bool = True) -> Recording | None:
+        # `request` exists for parity with LmdbStore: an export file is parsed whole anyway.
         path = self.file_for(namespace, key, seq)
         try:
             data = path.read_bytes()

@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -98,6 +98,7 @@ class Metrics:
     ) -> None:
         self.registry = registry
         self.model_label = LabelCap(max_models)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = registry
         self.requests = Counter(
             "llmreel_requests",
@@ -193,42 +194,50 @@ class Metrics:
         ep = ex.endpoint
         model = self.model_label(ex.model or ex.response_model)
         provider = ep.provider
-        self.requests.labels(provider, model, ep.operation, ex.cache, ex.status_class).inc()
+        self._child(self.requests, provider, model, ep.operation, ex.cache, ex.status_class).inc()
         gen_ai = (ep.operation, ep.otel_provider, model)
-        self.duration.labels(*gen_ai, ex.error_type or "").observe(ex.duration_s)
+        self._child(self.duration, *gen_ai, ex.error_type or "").observe(ex.duration_s)
         if ex.upstream_s is not None:
-            self.upstream_duration.labels(provider).observe(ex.upstream_s)
-            self.overhead.labels(ex.cache).observe(max(ex.duration_s - ex.upstream_s, 0.0))
+            self._child(self.upstream_duration, provider).observe(ex.upstream_s)
+            self._child(self.overhead, ex.cache).observe(max(ex.duration_s - ex.upstream_s, 0.0))
         else:
-            self.overhead.labels(ex.cache).observe(ex.duration_s)
+            self._child(self.overhead, ex.cache).observe(ex.duration_s)
         if ex.error_type is not None and ex.billed:
-            self.upstream_errors.labels(provider, ex.error_type).inc()
+            self._child(self.upstream_errors, provider, ex.error_type).inc()
         if ex.ttfc_s is not None and ex.stream and ex.billed:
-            self.ttfc.labels(*gen_ai).observe(ex.ttfc_s)
+            self._child(self.ttfc, *gen_ai).observe(ex.ttfc_s)
         usage = ex.usage
         if usage is None:
             return
         counts = usage.as_dict()
         if ex.cache == "hit":
-            _add_tokens(self.saved_tokens, provider, model, counts)
+            self._add_tokens(self.saved_tokens, provider, model, counts)
             if ex.cost_usd is not None:
-                self.saved_cost.labels(provider, model).inc(ex.cost_usd)
+                self._child(self.saved_cost, provider, model).inc(ex.cost_usd)
             return
         if not ex.billed:
             return
-        _add_tokens(self.tokens, provider, model, counts)
-        self.token_usage.labels(*gen_ai, "input").observe(usage.input)
-        self.token_usage.labels(*gen_ai, "output").observe(usage.output)
+        self._add_tokens(self.tokens, provider, model, counts)
+        self._child(self.token_usage, *gen_ai, "input").observe(usage.input)
+        self._child(self.token_usage, *gen_ai, "output").observe(usage.output)
         if ex.cost_usd is None:
-            self.unpriced.labels(provider, model).inc()
+            self._child(self.unpriced, provider, model).inc()
         else:
-            self.cost.labels(provider, model).inc(ex.cost_usd)
+            self._child(self.cost, provider, model).inc(ex.cost_usd)
 
     def store_write_failed(self, reason: str) -> None:
         self.store_write_errors.labels(reason).inc()
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # labels() takes a lock and rebuilds a tuple on every call; the set of label values is
+        # bounded (see LabelCap), so the children are cached here.
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
-def _add_tokens(counter: Counter, provider: str, model: str, counts: dict[str, int]) -> None:
-    for kind in TOKEN_TYPES:
-        if counts[kind]:
-            counter.labels(provider, model, kind).inc(counts[kind])
+    def _add_tokens(self, counter: Counter, provider: str, model: str, counts: dict[str, int]) -> None:
+        for kind in TOKEN_TYPES:
+            if counts[kind]:
+                self._child(counter, provider, model, kind).inc(counts[kind])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 MODES = ("auto", "record", "offline", "passthrough")
@@ -25,6 +26,7 @@ class Plan:
     """Why the upstream may not be called, for the miss message."""
 
 
+@functools.lru_cache(maxsize=64)
 def plan(mode: str, control: str | None) -> Plan:
     """Combine the proxy's mode with a request's `llmreel-cache` header.
 

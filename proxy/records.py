@@ -1,8 +1,9 @@
 """The recording: one request's canonical form and the response it got, and its binary encoding.
 
 All encoding lives here (`pack`/`unpack`), versioned from day one. A packed recording is
-`MAGIC`, a 4-byte big-endian length, the metadata as JSON, then the decoded response body as raw
-bytes, so bodies of any size or encoding cost no base64 and no copy on replay.
+`MAGIC`, two 4-byte big-endian lengths, the metadata as JSON, the canonical request as JSON, then
+the decoded response body as raw bytes: bodies of any size or encoding cost no base64, and a
+replay need not parse the (possibly long) request at all.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import orjson
 
 #: Bump when the packed layout or the meaning of a field changes; the store refuses other versions.
 SCHEMA_VERSION = 1
-MAGIC = b"LRR1"
-_HEADER = struct.Struct(">4sI")
+MAGIC = b"LRR2"
+_HEADER = struct.Struct(">4sII")
 
 
 class RecordError(ValueError):
@@ -67,7 +68,6 @@ def pack(rec: Recording) -> bytes:
         "v": SCHEMA_VERSION,
         "key": rec.key,
         "namespace": rec.namespace,
-        "request": rec.request,
         "status": rec.status,
         "headers": rec.headers,
         "chunks": rec.chunks,
@@ -80,28 +80,34 @@ def pack(rec: Recording) -> bytes:
         "seq": rec.seq,
     }
     encoded = orjson.dumps(meta)
-    return _HEADER.pack(MAGIC, len(encoded)) + encoded + rec.body
+    request = orjson.dumps(rec.request)
+    return _HEADER.pack(MAGIC, len(encoded), len(request)) + encoded + request + rec.body
 
 
-def unpack(data: bytes | memoryview) -> Recording:
-    """Decode a packed recording; raises `RecordError` saying what is wrong."""
+def unpack(data: bytes | memoryview, *, request: bool = True) -> Recording:
+    """Decode a packed recording; raises `RecordError` saying what is wrong.
+
+    With `request=False` the canonical request is not parsed (`.request` is empty): a replay
+    needs only the response.
+    """
     view = memoryview(data)
     if len(view) < _HEADER.size:
         raise RecordError("value too short to be a recording")
-    magic, length = _HEADER.unpack_from(view)
+    magic, meta_length, request_length = _HEADER.unpack_from(view)
     if magic != MAGIC:
         raise RecordError(f"unknown recording format {bytes(magic)!r}")
-    end = _HEADER.size + length
+    meta_end = _HEADER.size + meta_length
+    end = meta_end + request_length
     if end > len(view):
         raise RecordError("recording metadata is truncated")
     try:
-        meta = orjson.loads(view[_HEADER.size : end])
+        meta = orjson.loads(view[_HEADER.size : meta_end])
         if meta["v"] != SCHEMA_VERSION:
             raise RecordError(f"recording schema {meta['v']}, expected {SCHEMA_VERSION}")
         return Recording(
             key=meta["key"],
             namespace=meta["namespace"],
-            request=meta["request"],
+            request=orjson.loads(view[meta_end:end]) if request else {},
             status=meta["status"],
             headers=[(str(k), str(v)) for k, v in meta["headers"]],
             body=bytes(view[end:]),

@@ -67,7 +67,9 @@ class Store(Protocol):
 
     path: str
 
-    def get(self, namespace: str, key: str, seq: int = 0) -> Recording | None: ...
+    def get(
+        self, namespace: str, key: str, seq: int = 0, *, request: bool = True
+    ) -> Recording | None: ...
     def put(self, rec: Recording) -> None: ...
     def submit(self, rec: Recording) -> concurrent.futures.Future[None]: ...
     def delete(self, namespace: str, key: str, seq: int = 0) -> bool: ...
@@ -188,12 +190,13 @@ class LmdbStore:
 
     # --- reading ------------------------------------------------------------------------------
 
-    def get(self, namespace: str, key: str, seq: int = 0) -> Recording | None:
+    def get(self, namespace: str, key: str, seq: int = 0, *, request: bool = True) -> Recording | None:
+        """The recording, or None; `request=False` skips parsing its canonical request."""
         raw = self._read(entry_key(namespace, key, seq))
         if raw is None:
             return None
         try:
-            return unpack(raw)
+            return unpack(raw, request=request)
         except RecordError as exc:
             raise StoreError(
                 f"recording {key} in {self.path} is corrupt ({exc}); "
