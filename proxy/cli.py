@@ -219,6 +219,7 @@ async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunRep
 
     bundle = write_bundle(settings.confdir)
     server = ProxyServer(settings)
+    server.recorder.report.detailed = True  # for the unused-recordings part of the report
     running = await _start(server)
     log.info("%s", running.summary())
     reverse = [

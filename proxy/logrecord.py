@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import re
 import struct
-import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from .compress import CompressionError, compress, decompress
 from .providers import Endpoint, ResponseSummary, summarize
 from .redact import KEY_HINTS, scrub_text
 from .sse import parse_sse
@@ -293,30 +293,7 @@ _BYTE_HINTS: Final = tuple(hint.encode() for hint in KEY_HINTS)
 #: Records stored by `pack_exchange`: the head, then the raw (scrubbed) bodies, compressed.
 MAGIC_RAW: Final = b"LXR1"
 _PREFIX: Final = struct.Struct(">4sBI")
-_RAW, _ZLIB, _ZSTD = 0, 1, 2
 
-
-def _zstd() -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]] | None:
-    try:
-        from compression import zstd  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        try:
-            from backports import zstd  # type: ignore[import-not-found,no-redef,unused-ignore]
-        except ImportError:
-            return None
-
-    def compress(data: bytes) -> bytes:
-        return bytes(zstd.compress(data, level=1))
-
-    def decompress(data: bytes) -> bytes:
-        return bytes(zstd.decompress(data))
-
-    return compress, decompress
-
-
-# zstd level 1 packs a typical exchange ~2x faster than zlib level 1, and smaller (see
-# docs/log.md); zlib is the fallback where no zstd module is installed.
-_ZSTD_CODEC = _zstd()
 
 
 def pack_exchange(ex: Exchange) -> bytes:
@@ -338,10 +315,7 @@ def pack_exchange(ex: Exchange) -> bytes:
     }
     head_json = orjson.dumps(head, default=str)
     payload = request_body + response_body
-    if _ZSTD_CODEC is not None:
-        codec, packed = _ZSTD, _ZSTD_CODEC[0](payload)
-    else:
-        codec, packed = _ZLIB, zlib.compress(payload, 1)
+    codec, packed = compress(payload)
     return _PREFIX.pack(MAGIC_RAW, codec, len(head_json)) + head_json + packed
 
 
@@ -395,24 +369,9 @@ def _head(data: bytes) -> dict[str, Any]:
 def unpack_content(data: bytes) -> bytes:
     """The heavy fields of a stored record as JSON text (decompressed, not parsed)."""
     codec, head_len = _prefix(data)
-    payload = data[_PREFIX.size + head_len :]
-    if codec == _RAW:
-        return payload
-    if codec == _ZLIB:
-        try:
-            return zlib.decompress(payload)
-        except zlib.error as exc:
-            raise LogRecordError(f"bad record content: {exc}") from exc
-    if codec != _ZSTD:
-        raise LogRecordError(f"unknown compression {codec}")
-    if _ZSTD_CODEC is None:
-        raise LogRecordError(
-            "this record is zstd-compressed and no zstd module is installed: "
-            "install backports.zstd (Python < 3.14)"
-        )
     try:
-        return _ZSTD_CODEC[1](payload)
-    except Exception as exc:  # the zstd modules raise their own ZstdError
+        return decompress(codec, data[_PREFIX.size + head_len :])
+    except CompressionError as exc:
         raise LogRecordError(f"bad record content: {exc}") from exc
 
 

@@ -1,9 +1,10 @@
 """The recording: one request's canonical form and the response it got, and its binary encoding.
 
 All encoding lives here (`pack`/`unpack`), versioned from day one. A packed recording is
-`MAGIC`, two 4-byte big-endian lengths, the metadata as JSON, the canonical request as JSON, then
-the decoded response body as raw bytes: bodies of any size or encoding cost no base64, and a
-replay need not parse the (possibly long) request at all.
+`MAGIC`, a codec byte, two 4-byte big-endian lengths, then (compressed as one when that helps)
+the metadata as JSON, the canonical request as JSON and the decoded response body as raw bytes:
+bodies of any size or encoding cost no base64, a replay need not parse the (possibly long)
+request, and a typical recording fits one LMDB page instead of spilling onto overflow pages.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from typing import Any
 
 import orjson
 
+from .compress import CompressionError, compress, decompress
+
 #: Bump when the packed layout or the meaning of a field changes; the store refuses other versions.
 SCHEMA_VERSION = 1
 MAGIC = b"LRR2"
-_HEADER = struct.Struct(">4sII")
+_HEADER = struct.Struct(">4sBII")
+_COMPRESS_FROM = 1024  # bytes; smaller values fit a page as they are
 
 
 class RecordError(ValueError):
@@ -81,7 +85,8 @@ def pack(rec: Recording) -> bytes:
     }
     encoded = orjson.dumps(meta)
     request = orjson.dumps(rec.request)
-    return _HEADER.pack(MAGIC, len(encoded), len(request)) + encoded + request + rec.body
+    codec, payload = compress(encoded + request + rec.body, minimum=_COMPRESS_FROM)
+    return _HEADER.pack(MAGIC, codec, len(encoded), len(request)) + payload
 
 
 def unpack(data: bytes | memoryview, *, request: bool = True) -> Recording:
@@ -90,18 +95,21 @@ def unpack(data: bytes | memoryview, *, request: bool = True) -> Recording:
     With `request=False` the canonical request is not parsed (`.request` is empty): a replay
     needs only the response.
     """
-    view = memoryview(data)
-    if len(view) < _HEADER.size:
+    if len(data) < _HEADER.size:
         raise RecordError("value too short to be a recording")
-    magic, meta_length, request_length = _HEADER.unpack_from(view)
+    magic, codec, meta_length, request_length = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise RecordError(f"unknown recording format {bytes(magic)!r}")
-    meta_end = _HEADER.size + meta_length
+    try:
+        view = memoryview(decompress(codec, memoryview(data)[_HEADER.size :]))
+    except CompressionError as exc:
+        raise RecordError(f"recording content is corrupt: {exc}") from exc
+    meta_end = meta_length
     end = meta_end + request_length
     if end > len(view):
         raise RecordError("recording metadata is truncated")
     try:
-        meta = orjson.loads(view[_HEADER.size : meta_end])
+        meta = orjson.loads(view[:meta_end])
         if meta["v"] != SCHEMA_VERSION:
             raise RecordError(f"recording schema {meta['v']}, expected {SCHEMA_VERSION}")
         return Recording(

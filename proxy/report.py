@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+KEEP = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class Miss:
@@ -24,6 +26,11 @@ class RunReport:
 
     hits: int = 0
     misses: list[Miss] = field(default_factory=list)
+    """The first `KEEP` misses, in order (a long-running proxy must not keep them all)."""
+    new: int = 0
+    """Misses recorded now (auto mode)."""
+    refused: int = 0
+    """Offline misses."""
     written: int = 0
     write_failures: int = 0
     errors: int = 0
@@ -32,45 +39,52 @@ class RunReport:
     namespaces: set[str] = field(default_factory=set)
     unused: list[tuple[str, str]] = field(default_factory=list)
     """(namespace, key) of recordings never served in the namespaces used; filled at the end."""
+    recorded_now: set[tuple[str, str]] = field(default_factory=set)
+    detailed: bool = False
+    """Keep the per-recording sets `find_unused` needs (`llmreel run`); a long-running proxy
+    keeps counters only, so its memory does not grow with traffic."""
 
     def hit(self, namespace: str, key: str, seq: int) -> None:
         self.hits += 1
-        self.namespaces.add(namespace)
-        self.used.add((namespace, key, seq))
+        if self.detailed:
+            self.namespaces.add(namespace)
+            self.used.add((namespace, key, seq))
 
     def miss(self, miss: Miss) -> None:
-        self.namespaces.add(miss.namespace)
-        self.misses.append(miss)
+        if miss.outcome == "offline_miss":
+            self.refused += 1
+        else:
+            self.new += 1
+        if self.detailed:
+            self.namespaces.add(miss.namespace)
+            if miss.outcome == "miss":
+                self.recorded_now.add((miss.namespace, miss.key))
+        if len(self.misses) < KEEP:
+            self.misses.append(miss)
 
     def find_unused(self, recorded: Iterable[tuple[str, str, int]]) -> None:
         """Given every (namespace, key, seq) stored in the namespaces used, keep the unserved."""
-        written_now = {(m.namespace, m.key) for m in self.misses if m.outcome == "miss"}
         self.unused = sorted(
             {
                 (ns, key)
                 for ns, key, seq in recorded
-                if (ns, key, seq) not in self.used and (ns, key) not in written_now
+                if (ns, key, seq) not in self.used and (ns, key) not in self.recorded_now
             }
         )
-
-    @property
-    def offline_misses(self) -> list[Miss]:
-        return [m for m in self.misses if m.outcome == "offline_miss"]
 
     def failures(self, *, fail_on_miss: bool, fail_on_unused: bool) -> list[str]:
         """Reasons the run should fail, beyond the command's own exit code."""
         reasons = []
-        if fail_on_miss and self.misses:
-            reasons.append(f"{len(self.misses)} cache miss(es) (--fail-on-miss)")
+        if fail_on_miss and (self.new or self.refused):
+            reasons.append(f"{self.new + self.refused} cache miss(es) (--fail-on-miss)")
         if fail_on_unused and self.unused:
             reasons.append(f"{len(self.unused)} recording(s) left unused (--fail-on-unused)")
         return reasons
 
     def render(self, limit: int = 20) -> str:
-        new = [m for m in self.misses if m.outcome == "miss"]
         lines = [
-            f"llmreel: {self.hits} hit(s), {len(new)} recorded, "
-            f"{len(self.offline_misses)} offline miss(es), {self.written} recording(s) written"
+            f"llmreel: {self.hits} hit(s), {self.new} recorded, "
+            f"{self.refused} offline miss(es), {self.written} recording(s) written"
             + (f", {self.write_failures} NOT written" if self.write_failures else "")
             + (f", {len(self.unused)} unused" if self.unused else "")
         ]
@@ -79,8 +93,9 @@ class RunReport:
             lines.append(f"  {label} {m.method} {m.url} key={m.key} namespace={m.namespace}")
             if m.explanation:
                 lines.extend(f"      {line}" for line in m.explanation.splitlines())
-        if len(self.misses) > limit:
-            lines.append(f"  ... and {len(self.misses) - limit} more")
+        shown = min(len(self.misses), limit)
+        if self.new + self.refused > shown:
+            lines.append(f"  ... and {self.new + self.refused - shown} more")
         for ns, key in self.unused[:limit]:
             lines.append(f"  unused {key} namespace={ns}")
         if len(self.unused) > limit:

@@ -15,6 +15,7 @@ import os
 import queue
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 INITIAL_MAP_SIZE = 1 << 30  # 1 GiB of address space; the file itself grows only as needed
 MAX_MAP_SIZE = 1 << 40
 _BATCH = 256
+_COALESCE_S = 0.002
 
 
 # A job for the writer thread: writes (database, key, value; None deletes) and its future.
@@ -331,6 +333,10 @@ class LmdbStore:
             item = self._queue.get()
             if item is None:
                 return
+            if self._queue.empty():
+                # Let a burst gather: one commit (and one fsync) for many jobs. Nobody waits on
+                # these writes but single-flight followers, for a couple of milliseconds.
+                time.sleep(_COALESCE_S)
             batch = [item]
             while len(batch) < _BATCH:
                 try:

@@ -366,6 +366,7 @@ async def test_bad_max_age_is_an_options_error(recorder: Recorder) -> None:
 async def test_hits_are_marked_used_and_reported(recorder: Recorder) -> None:
     from proxy.store import LmdbStore, entry_key
 
+    recorder.report.detailed = True
     first = await exchange(recorder, chat_flow())
     await exchange(recorder, chat_flow())
     await exchange(recorder, chat_flow({**CHAT, "temperature": 1}))
@@ -373,6 +374,9 @@ async def test_hits_are_marked_used_and_reported(recorder: Recorder) -> None:
     report = recorder.report
     assert report.hits == 1 and len(report.misses) == 2 and report.written == 2
     assert "2 recorded" in report.render()
+    assert report.used == {("default", key, 0)}
+    report.find_unused([("default", key, 0), ("default", "old", 0)])
+    assert report.unused == [("default", "old")]  # the two written now are not "unused"
     recorder._flush_used()
     store = recorder.store
     assert isinstance(store, LmdbStore)

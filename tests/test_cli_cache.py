@@ -293,7 +293,8 @@ def test_audit_finds_credentials_in_lmdb_and_exports(tmp_path: Path, kind: str) 
 
 def test_audit_reports_secrets_left_in_freed_pages(tmp_path: Path) -> None:
     path = tmp_path / "s"
-    leaked = recording("key " + SECRETS["sk-proj"])
+    # Small enough to be stored uncompressed: compressed values can't be scanned as raw bytes.
+    leaked = recording("key " + SECRETS["sk-proj"], body=b'{"ok":true}')
     with LmdbStore(path) as store:
         store.put(recording("clean"))
         store.put(leaked)
