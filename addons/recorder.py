@@ -38,6 +38,7 @@ from proxy.pricing import Pricer, load_overrides
 from proxy.providers import (
     DEFAULT_HOSTS,
     HostMap,
+    ResponseSummary,
     Usage,
     classify,
     request_model,
@@ -581,7 +582,12 @@ class Recorder:
         return body
 
     def _record(
-        self, flow: http.HTTPFlow, state: FlowState, body: bytes, summary: Any, now: float
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        body: bytes,
+        summary: ResponseSummary,
+        now: float,
     ) -> bool:
         assert (
             self.store is not None and flow.response is not None and state.forwarded_at is not None
@@ -659,7 +665,7 @@ class Recorder:
         status: int | None,
         usage: Usage | None = None,
         response_model: str | None = None,
-        summary: Any = None,
+        summary: ResponseSummary | None = None,
         recorded: bool = False,
         error: str | None = None,
         error_type: str | None = None,
