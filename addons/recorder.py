@@ -613,7 +613,10 @@ class Recorder:
         loop = asyncio.get_running_loop()
 
         def committed(done: concurrent.futures.Future[None]) -> None:
-            loop.call_soon_threadsafe(self._after_write, state, done)
+            try:
+                loop.call_soon_threadsafe(self._after_write, state, done)
+            except RuntimeError:  # the loop has closed (shutdown): nobody is waiting any more
+                pass
 
         future.add_done_callback(committed)
         return True
