@@ -14,6 +14,10 @@ from typing import Any, Final
 
 import orjson
 
+from .jsonish import as_dict as _dict
+from .jsonish import as_list as _list
+from .jsonish import as_str as _str
+
 __all__ = ["Conversation", "Message", "Part", "conversation"]
 
 _MEDIA_PREVIEW: Final = 60
@@ -471,16 +475,7 @@ def _embeddings_summary(data: list[Any]) -> str:
 # --- small helpers over untrusted JSON ---------------------------------------------------------
 
 
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
 
-
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def _get(obj: Mapping[str, Any], *names: str) -> Any:

@@ -17,6 +17,10 @@ import orjson
 
 from proxy.sse import SSEEvent, parse_sse
 
+from .jsonish import as_dict as _dict
+from .jsonish import as_list as _list
+from .jsonish import as_str as _str
+
 __all__ = [
     "DEFAULT_HOSTS",
     "Endpoint",
@@ -479,16 +483,7 @@ def _int(value: object) -> int:
     return 0
 
 
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
 
-
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def _loads(data: str) -> object:
