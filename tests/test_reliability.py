@@ -160,6 +160,9 @@ def test_100_concurrent_clients_mixing_hits_misses_and_streams(
     assert requests_total(proxy) == len(jobs)
     assert requests_total(proxy, cache="hit") == len(distinct)
     assert len(exchanges) == len(jobs) and len({e.id for e in exchanges}) == len(jobs)
+    # ... and in the persisted exchange log.
+    proxy.recorder.exchange_log.flush()
+    assert proxy.recorder.exchange_log.count() == len(jobs)
     # Recorded exactly the completed misses: the store's content is the set of distinct calls.
     miss_keys = {r.headers["llmreel-key"] for pair in by_job.values() for r in pair}
     assert len(miss_keys) == len(distinct)
