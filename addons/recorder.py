@@ -43,6 +43,7 @@ from proxy.providers import (
     classify,
     request_model,
     summarize,
+    wants_stream,
 )
 from proxy.records import Recording
 from proxy.redact import credential_of, credential_scope, mask_headers, mask_query
@@ -532,7 +533,10 @@ class Recorder:
         assert resp is not None
         resp.headers["llmreel-cache"] = state.outcome
         resp.headers[KEY_HEADER] = state.key
-        if is_event_stream(resp.headers.get("content-type", "")) or _wants_stream(state):
+        canonical = state.canonical
+        if is_event_stream(resp.headers.get("content-type", "")) or wants_stream(
+            state.endpoint, canonical["path"], "", canonical["body"]
+        ):
             state.tee = StreamTee(state.forwarded_at, self._clock)
             resp.stream = state.tee
 
@@ -730,13 +734,6 @@ class Recorder:
                 sink(exchange)
             except Exception:
                 log.exception("exchange sink %r failed", sink)
-
-
-def _wants_stream(state: FlowState) -> bool:
-    body = state.canonical["body"]
-    if state.endpoint.api == "gemini.generate":
-        return ":streamGenerateContent" in state.canonical["path"]
-    return isinstance(body, dict) and body.get("stream") is True
 
 
 def _ttfc(state: FlowState) -> float | None:
