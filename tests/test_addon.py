@@ -429,3 +429,27 @@ async def test_offline_miss_explanation_reaches_the_log(recorder: Recorder) -> N
     miss = seen[-1]
     assert miss.cache == "offline_miss" and miss.error_type == "offline_miss"
     assert "temperature" in miss.explanation and miss.error is not None and "temperature" in miss.error
+
+
+def test_script_reload_reopens_the_same_store_and_metrics(tmp_path: Path) -> None:
+    """mitmdump -s hot reload: done() on the old instance, then a fresh module on the same store."""
+    import importlib.util
+    import socket
+
+    script = Path(__file__).parent.parent / "addons" / "recorder.py"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = str(tmp_path / "store")
+    for _ in range(2):
+        spec = importlib.util.spec_from_file_location("__mitmproxy_script__.recorder", script)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        addon = module.addons[0]
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, llmreel_store=store, llmreel_metrics_port=port)
+            addon.running()
+            assert addon.metrics_port == port and addon.metrics_error is None
+            assert addon.store is not None and addon.store.stats().entries == 0
+            addon.done()  # closes LMDB (py-lmdb refuses a second open) and frees the port
