@@ -597,6 +597,11 @@ class Recorder:
             self.store is not None and flow.response is not None and state.forwarded_at is not None
         )
         tee = state.tee
+        chunks = tee.chunks if tee is not None else []
+        if chunks and tee is not None and tee.size != len(body):
+            # The stream arrived content-encoded and was decoded: the received chunk sizes no
+            # longer describe the body, so keep one chunk, at the time the last one arrived.
+            chunks = [(chunks[-1][0], len(body))]
         rec = Recording(
             key=state.key,
             namespace=state.namespace,
@@ -604,7 +609,7 @@ class Recorder:
             status=flow.response.status_code,
             headers=recordable_headers(flow.response.headers.items(multi=True)),
             body=body,
-            chunks=tee.chunks if tee is not None else [],
+            chunks=chunks,
             recorded_at=time.time(),
             provider=state.endpoint.provider,
             model=summary.model or state.model,

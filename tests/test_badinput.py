@@ -432,6 +432,10 @@ def test_compressed_responses_are_passed_through_and_recorded_decoded(
     assert replay.headers["llmreel-cache"] == "hit"
     assert decoded_body(replay, replay_raw) == live_body
     assert len(upstream.requests) == 1
+    recording = proxy.recorder.store.get("default", replay.headers["llmreel-key"])
+    assert recording is not None and recording.body == live_body  # stored decoded
+    if stream:  # chunk sizes describe the stored (decoded) body, not the wire bytes
+        assert sum(size for _, size in recording.chunks) == len(recording.body)
 
 
 # --------------------------------------------------------------------------------------------
