@@ -9,7 +9,6 @@ is masked like the ones in headers.
 from __future__ import annotations
 
 import base64
-import re
 import struct
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ import orjson
 from .compress import CompressionError, compress, decompress
 from .providers import Endpoint, ResponseSummary, summarize
 from .redact import KEY_HINTS, scrub_text
-from .sse import parse_sse
+from .sse import looks_like_sse, parse_sse
 from .wire import is_event_stream
 
 if TYPE_CHECKING:
@@ -61,7 +60,6 @@ HEAVY_FIELDS: Final = (
 )
 _BODY_FIELDS: Final = ("request_body", "response_body", "events", "assembled")
 
-_SSE_START: Final = re.compile(r"(?:\ufeff)?[ \t\r\n]*(?::|data\b|event\b|id\b|retry\b)")
 _CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -239,7 +237,7 @@ def _body(
             return orjson.loads(text), "json", False, None
         except orjson.JSONDecodeError:
             pass
-    if sse and (is_event_stream(content_type) or _SSE_START.match(text)):
+    if sse and (is_event_stream(content_type) or looks_like_sse(chunk)):
         return text, "sse", truncated, _events(text)
     return text, "text", truncated, None
 

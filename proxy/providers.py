@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from proxy.sse import SSEEvent, parse_sse
+from proxy.sse import SSEEvent, looks_like_sse, parse_sse
 
 from .jsonish import as_dict as _dict
 from .jsonish import as_list as _list
@@ -407,8 +407,6 @@ UNPARSEABLE: Final = _failed("unparseable body")
 EMPTY: Final = _failed("empty body")
 
 _FIRST_BYTE: Final = re.compile(rb"[ \t\r\n]*([^ \t\r\n])")
-# An event stream sent without its content type still starts with a field or a comment.
-_SSE_START: Final = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*(?::|data\b|event\b|id\b|retry\b)")
 _ERROR_MAX: Final = 500
 
 
@@ -432,7 +430,7 @@ def _summarize(ep: Endpoint, body: bytes, content_type: str) -> ResponseSummary:
         return EMPTY
     if m.group(1) in b"{[":
         return _summarize_json(ep.api, body)
-    if "event-stream" in content_type.lower() or _SSE_START.match(body):
+    if "event-stream" in content_type.lower() or looks_like_sse(body):
         return _summarize_events(ep.api, parse_sse(body))
     return UNPARSEABLE
 

@@ -6,6 +6,7 @@ Feed it bytes as they arrive, with any chunk boundaries; it yields the same even
 from __future__ import annotations
 
 import codecs
+import re
 from dataclasses import dataclass
 
 __all__ = ["SSEEvent", "SSEParser", "parse_sse"]
@@ -153,3 +154,12 @@ def parse_sse(body: bytes) -> list[SSEEvent]:
     events = parser.feed(body)
     events.extend(parser.close())
     return events
+
+
+# An event stream sent without its content type still starts with a field or a comment.
+_START = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*(?::|data\b|event\b|id\b|retry\b)")
+
+
+def looks_like_sse(body: bytes) -> bool:
+    """Whether `body` starts like an event stream (for bodies sent without their content type)."""
+    return _START.match(body[:256]) is not None

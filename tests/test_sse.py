@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.sse import SSEEvent, SSEParser, parse_sse
+from proxy.sse import SSEEvent, SSEParser, looks_like_sse, parse_sse
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SSE_FIXTURES = sorted(FIXTURES.glob("*.sse"))
@@ -321,3 +321,18 @@ def test_any_chunking_gives_the_same_events(body: bytes, data: st.DataObject) ->
 @given(body=_BODIES)
 def test_matches_the_naive_reference(body: bytes) -> None:
     assert parse_sse(body) == reference_parse(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"data: {}\n\n", True),
+        (b"\xef\xbb\xbf\r\nevent: ping\r\n", True),
+        (b": keep-alive\n", True),
+        (b"<html>502 Bad Gateway</html>", False),
+        (b'{"error": {}}', False),
+        (b"database is down", False),
+    ],
+)
+def test_looks_like_sse_sniffs_streams_sent_without_their_content_type(body: bytes, expected: bool) -> None:
+    assert looks_like_sse(body) is expected
