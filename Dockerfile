@@ -19,8 +19,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Install the project (distribution "llmreel": packages proxy and addons, console script
-# llmreel). README.md is needed because pyproject.toml names it as the readme.
+# Install the project (distribution "llmreel": the folders proxy and addons install as the one
+# import package `llmreel`; console script llmreel). README.md is needed because pyproject.toml names it as the readme.
 WORKDIR /tmp/llmreel-src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy

@@ -27,15 +27,15 @@ from mitmproxy.net import encoding
 from mitmproxy.proxy import server_hooks
 from prometheus_client import CollectorRegistry, start_http_server
 
-from proxy.diff import explain
-from proxy.errors import BAD_REQUEST_STATUS, ErrorReply, error_reply, offline_miss
-from proxy.exchange import Exchange, FlowState, new_id
-from proxy.exchangelog import ExchangeLog, JsonlSink
-from proxy.keys import KeyConfig, canonical_request, request_digest
-from proxy.metrics import Metrics
-from proxy.modes import CONTROLS, MODES, plan
-from proxy.pricing import Pricer, load_overrides
-from proxy.providers import (
+from llmreel.core.diff import explain
+from llmreel.core.errors import BAD_REQUEST_STATUS, ErrorReply, error_reply, offline_miss
+from llmreel.core.exchange import Exchange, FlowState, new_id
+from llmreel.log.exchangelog import ExchangeLog, JsonlSink
+from llmreel.core.keys import KeyConfig, canonical_request, request_digest
+from llmreel.metering.metrics import Metrics
+from llmreel.core.modes import CONTROLS, MODES, plan
+from llmreel.metering.pricing import Pricer, load_overrides
+from llmreel.providers.wire_apis import (
     DEFAULT_HOSTS,
     HostMap,
     ResponseSummary,
@@ -45,13 +45,13 @@ from proxy.providers import (
     summarize,
     wants_stream,
 )
-from proxy.records import Recording
-from proxy.redact import credential_of, credential_scope, mask_headers, mask_query
-from proxy.report import Miss, RunReport
-from proxy.store import LmdbStore, Store, StoreError, entry_key, validate_namespace
-from proxy.stores import open_store
-from proxy.timeparse import parse_duration
-from proxy.wire import (
+from llmreel.storage.records import Recording
+from llmreel.core.redact import credential_of, credential_scope, mask_headers, mask_query
+from llmreel.metering.report import Miss, RunReport
+from llmreel.storage.lmdbstore import LmdbStore, Store, StoreError, entry_key, validate_namespace
+from llmreel.storage.stores import open_store
+from llmreel.core.timeparse import parse_duration
+from llmreel.core.wire import (
     CONTROL_HEADER,
     KEY_HEADER,
     NAMESPACE_HEADER,

@@ -28,7 +28,7 @@ from typing import Any
 from mitmproxy.test import taddons, tflow, tutils
 from prometheus_client import CollectorRegistry
 
-from addons.recorder import Recorder
+from llmreel.addons.recorder import Recorder
 from tests.fakeupstream import build_reply
 
 from . import payloads

@@ -36,11 +36,11 @@ import httpx
 if __package__ in (None, ""):  # `python bench/soak.py`: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.clientenv import write_bundle
-from proxy.keys import request_digest
-from proxy.providers import classify, summarize
-from proxy.records import RecordError, unpack
-from proxy.store import LmdbStore, entry_key
+from llmreel.cli.clientenv import write_bundle
+from llmreel.core.keys import request_digest
+from llmreel.providers.wire_apis import classify, summarize
+from llmreel.storage.records import RecordError, unpack
+from llmreel.storage.lmdbstore import LmdbStore, entry_key
 from tests.fakeupstream import FakeUpstream
 
 if TYPE_CHECKING:

@@ -1,0 +1,1 @@
+"""llmreel: a recording proxy for LLM APIs."""

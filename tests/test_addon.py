@@ -15,7 +15,7 @@ from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow, tutils
 from prometheus_client import CollectorRegistry
 
-from addons.recorder import Recorder
+from llmreel.addons.recorder import Recorder
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
 CHAT_RESPONSE = {
@@ -364,7 +364,7 @@ async def test_bad_max_age_is_an_options_error(recorder: Recorder) -> None:
 
 
 async def test_hits_are_marked_used_and_reported(recorder: Recorder) -> None:
-    from proxy.store import LmdbStore, entry_key
+    from llmreel.storage.lmdbstore import LmdbStore, entry_key
 
     recorder.report.detailed = True
     first = await exchange(recorder, chat_flow())
@@ -419,7 +419,7 @@ async def test_offline_miss_with_nothing_recorded_says_so(recorder: Recorder) ->
 
 
 async def test_offline_miss_explanation_reaches_the_log(recorder: Recorder) -> None:
-    from proxy.exchange import Exchange
+    from llmreel.core.exchange import Exchange
 
     seen: list[Exchange] = []
     recorder.sinks.append(seen.append)

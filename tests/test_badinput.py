@@ -25,7 +25,7 @@ import wsproto
 import wsproto.events as ws_events
 from mitmproxy.net import encoding
 
-from proxy.store import LmdbStore
+from llmreel.storage.lmdbstore import LmdbStore
 from tests.conftest import ProxyThread, http_client
 from tests.fakeupstream import FakeUpstream, build_reply
 

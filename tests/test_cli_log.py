@@ -16,11 +16,11 @@ import orjson
 import pytest
 from click.testing import CliRunner, Result
 
-from proxy.cli_log import log
-from proxy.exchange import Exchange
-from proxy.exchangelog import ExchangeLog
-from proxy.logrecord import unpack_record
-from proxy.store import LmdbStore
+from llmreel.cli.log import log
+from llmreel.core.exchange import Exchange
+from llmreel.log.exchangelog import ExchangeLog
+from llmreel.log.record import unpack_record
+from llmreel.storage.lmdbstore import LmdbStore
 from tests.test_exchangelog import (
     KINDS,
     REQUIRED,
@@ -398,8 +398,8 @@ def test_prune(tmp_path: Path) -> None:
 
 WRITER = """
 import sys, time
-from proxy.exchangelog import ExchangeLog
-from proxy.store import LmdbStore
+from llmreel.log.exchangelog import ExchangeLog
+from llmreel.storage.lmdbstore import LmdbStore
 from tests.test_exchangelog import make_exchange
 
 store = LmdbStore(sys.argv[1])
@@ -439,7 +439,7 @@ def test_tail_follows_what_another_process_writes(tmp_path: Path) -> None:
 def test_tail_stops_quietly_on_ctrl_c(session: tuple[str, dict[str, Exchange]]) -> None:
     store, _ = session
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from proxy.cli_log import log; log()", "tail", "--store", store,
+        [sys.executable, "-c", "from llmreel.cli.log import log; log()", "tail", "--store", store,
          "-n", "1"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
@@ -458,7 +458,7 @@ def test_tail_stops_quietly_on_ctrl_c(session: tuple[str, dict[str, Exchange]]) 
 
 def test_no_secret_anywhere(session: tuple[str, dict[str, Exchange]], tmp_path: Path) -> None:
     """Each test above fed OUTPUTS; this one adds the JSONL sink and checks the store now."""
-    from proxy.exchangelog import JsonlSink
+    from llmreel.log.exchangelog import JsonlSink
 
     store, exchanges = session
     sink_path = tmp_path / "log.jsonl"

@@ -10,9 +10,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from proxy import cli
-from proxy.cli_cache import cache
-from proxy.config import (
+from llmreel.cli import main as cli
+from llmreel.cli.cache import cache
+from llmreel.cli.config import (
     ConfigError,
     apply_config,
     build_default_map,

@@ -204,16 +204,16 @@ def test_dockerfile_copy_sources_exist_and_cover_the_build() -> None:
             assert (REPO / src).exists(), f"COPY source {src} does not exist"
             assert not dockerignored(src), f"COPY source {src} is excluded by .dockerignore"
             copied.add(str(PurePosixPath(src)))
-    # What hatchling needs to build the wheel: pyproject, its readme, and the listed packages.
+    # What setuptools needs to build the wheel: pyproject, its readme, and the mapped folders.
     pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     import tomllib
 
     meta = tomllib.loads(pyproject)
     needed = {"pyproject.toml", meta["project"]["readme"]}
-    needed |= set(meta["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"])
+    needed |= set(meta["tool"]["setuptools"]["package-dir"].values())
     assert needed <= copied, f"not copied into the image: {sorted(needed - copied)}"
     assert meta["project"]["name"] == "llmreel"
-    assert meta["project"]["scripts"]["llmreel"].startswith("proxy.")
+    assert meta["project"]["scripts"]["llmreel"].startswith("llmreel.")
 
 
 def test_dockerfile_command_listens_on_all_interfaces() -> None:
@@ -285,7 +285,7 @@ def test_healthcheck_fetches_metrics_and_fails_when_down() -> None:
 
 
 def test_cli_knows_the_dockerfile_flags() -> None:
-    cli = pytest.importorskip("proxy.cli", reason="proxy/cli.py does not exist yet")
+    cli = pytest.importorskip("llmreel.cli.main", reason="proxy/cli.py does not exist yet")
     from click.testing import CliRunner
 
     result = CliRunner().invoke(cli.main, ["serve", "--help"])
@@ -321,7 +321,7 @@ def test_dockerignore_excludes_local_state() -> None:
     for path in (".venv", ".git", ".llmreel", ".pytest_cache", ".mypy_cache", ".ruff_cache",
                  "proxy/__pycache__/x.pyc", ".venv/lib/python3.12/site-packages/x.py"):  # fmt: skip
         assert dockerignored(path), f"{path} is sent to the docker build context"
-    for path in ("pyproject.toml", "README.md", "proxy/cli.py", "addons/recorder.py"):
+    for path in ("pyproject.toml", "README.md", "proxy/cli/main.py", "addons/recorder.py"):
         assert not dockerignored(path), f"{path} is needed by the image build"
 
 
@@ -788,7 +788,7 @@ def test_metric_catalogue_matches_proxy_metrics() -> None:
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics import MetricWrapperBase
 
-    from proxy.metrics import Metrics
+    from llmreel.metering.metrics import Metrics
 
     registry = CollectorRegistry()
     stats: Any = types.SimpleNamespace(size_bytes=1, entries=1)

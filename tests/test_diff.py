@@ -6,8 +6,8 @@ import copy
 import time
 from typing import Any
 
-from proxy.diff import Change, closest, describe, explain, field_diff
-from proxy.keys import canonical_request
+from llmreel.core.diff import Change, closest, describe, explain, field_diff
+from llmreel.core.keys import canonical_request
 
 
 def chat(messages: list[dict[str, Any]] | None = None, **body: Any) -> dict[str, Any]:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from proxy.dirstore import DirStore, sync_export
-from proxy.export import MARKER_FILE, entry_path
-from proxy.records import Recording
-from proxy.store import LmdbStore, StoreError
-from proxy.stores import open_store, store_kind
+from llmreel.storage.dirstore import DirStore, sync_export
+from llmreel.storage.export import MARKER_FILE, entry_path
+from llmreel.storage.records import Recording
+from llmreel.storage.lmdbstore import LmdbStore, StoreError
+from llmreel.storage.stores import open_store, store_kind
 from tests.test_export import FIXTURES, SSE, event_chunks, make
 
 KEY_A = "a" * 32

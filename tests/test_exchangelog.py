@@ -17,12 +17,12 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy import logrecord
-from proxy.conversation import conversation
-from proxy.exchange import Exchange, new_id
-from proxy.exchangelog import AmbiguousExchange, ExchangeLog, JsonlSink, UnknownExchange
-from proxy.logquery import LogFilter, parse_duration, parse_when, percentile, stats
-from proxy.logrecord import (
+from llmreel.log import record as logrecord
+from llmreel.providers.conversation import conversation
+from llmreel.core.exchange import Exchange, new_id
+from llmreel.log.exchangelog import AmbiguousExchange, ExchangeLog, JsonlSink, UnknownExchange
+from llmreel.log.query import LogFilter, parse_duration, parse_when, percentile, stats
+from llmreel.log.record import (
     LogRecordError,
     exchange_record,
     id_floor,
@@ -31,9 +31,9 @@ from proxy.logrecord import (
     strip_bodies,
     unpack_record,
 )
-from proxy.providers import classify, summarize
-from proxy.redact import fingerprint, mask_headers, mask_query
-from proxy.store import LmdbStore
+from llmreel.providers.wire_apis import classify, summarize
+from llmreel.core.redact import fingerprint, mask_headers, mask_query
+from llmreel.storage.lmdbstore import LmdbStore
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.export import (
+from llmreel.storage.export import (
     EXPORT_VERSION,
     MARKER_FILE,
     ExportError,
@@ -23,7 +23,7 @@ from proxy.export import (
     to_export,
     unescape_name,
 )
-from proxy.records import Recording, pack, unpack
+from llmreel.storage.records import Recording, pack, unpack
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BODIES = sorted(p for p in FIXTURES.iterdir() if p.suffix in (".json", ".sse"))

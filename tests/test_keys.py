@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.keys import DEFAULT_KEY_CONFIG, KeyConfig, canonical_request, request_digest
+from llmreel.core.keys import DEFAULT_KEY_CONFIG, KeyConfig, canonical_request, request_digest
 
 BODY = {
     "model": "gpt-4o-mini",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from proxy.exchange import Exchange
-from proxy.metrics import DURATION_BUCKETS, OTHER, TOKEN_BUCKETS, LabelCap, Metrics
-from proxy.providers import Endpoint, Usage
+from llmreel.core.exchange import Exchange
+from llmreel.metering.metrics import DURATION_BUCKETS, OTHER, TOKEN_BUCKETS, LabelCap, Metrics
+from llmreel.providers.wire_apis import Endpoint, Usage
 
 CHAT = Endpoint("openai", "openai.chat", "chat", "openai")
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.providers import (
+from llmreel.providers.wire_apis import (
     DEFAULT_HOSTS,
     Endpoint,
     HostMap,

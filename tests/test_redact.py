@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.redact import (
+from llmreel.core.redact import (
     KEY_HINTS,
     credential_of,
     find_secrets,

@@ -31,10 +31,10 @@ import httpx
 import orjson
 import pytest
 
-from addons.recorder import Recorder
+from llmreel.addons.recorder import Recorder
 from bench.soak import KINDS, audit_store, llm_body
-from proxy.records import Recording
-from proxy.store import LmdbStore
+from llmreel.storage.records import Recording
+from llmreel.storage.lmdbstore import LmdbStore
 from tests.conftest import ProxyThread, http_client
 from tests.fakeupstream import FakeUpstream
 from tests.test_badinput import (
@@ -572,7 +572,7 @@ def test_full_store_stops_recording_loudly_but_traffic_keeps_flowing(
     # A store that may not grow past 1 MiB: a few 200 kB recordings fill it.
     capped = functools.partial(LmdbStore, map_size=1 << 20, max_map_size=1 << 20)
     monkeypatch.setattr(
-        "addons.recorder.Recorder", functools.partial(Recorder, store_factory=capped)
+        "llmreel.addons.recorder.Recorder", functools.partial(Recorder, store_factory=capped)
     )
     proxy = make_proxy()
     url = f"{fake.url}{CHAT_PATH}"

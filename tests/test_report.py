@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.report import KEEP, Miss, RunReport
+from llmreel.metering.report import KEEP, Miss, RunReport
 
 
 def miss(i: int, outcome: str = "offline_miss", ns: str = "t") -> Miss:

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.server import Reverse
+from llmreel.cli.server import Reverse
 from tests.conftest import ProxyThread, http_client
 from tests.fakeupstream import FakeUpstream
 from tests.test_badinput import (

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.sse import SSEEvent, SSEParser, looks_like_sse, parse_sse
+from llmreel.providers.sse import SSEEvent, SSEParser, looks_like_sse, parse_sse
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SSE_FIXTURES = sorted(FIXTURES.glob("*.sse"))

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from .redact import is_secret_query_param
+from llmreel.core.redact import is_secret_query_param
 
 #: Request headers that change what the upstream does, and so belong in the key.
 DEFAULT_KEY_HEADERS = frozenset(

@@ -14,9 +14,9 @@ from typing import Any, Final
 
 import orjson
 
-from .jsonish import as_dict as _dict
-from .jsonish import as_list as _list
-from .jsonish import as_str as _str
+from llmreel.core.jsonish import as_dict as _dict
+from llmreel.core.jsonish import as_list as _list
+from llmreel.core.jsonish import as_str as _str
 
 __all__ = ["Conversation", "Message", "Part", "conversation"]
 

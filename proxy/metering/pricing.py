@@ -21,7 +21,7 @@ from typing import Any, Final
 from genai_prices import data_snapshot
 from genai_prices import types as gp
 
-from proxy.providers import Usage
+from llmreel.providers.wire_apis import Usage
 
 __all__ = ["ModelPrice", "Pricer", "load_overrides"]
 

@@ -7,12 +7,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .modes import Plan
-from .records import Recording
-from .wire import StreamTee
+from llmreel.core.modes import Plan
+from llmreel.storage.records import Recording
+from llmreel.core.wire import StreamTee
 
 if TYPE_CHECKING:
-    from .providers import Endpoint, ResponseSummary, Usage
+    from llmreel.providers.wire_apis import Endpoint, ResponseSummary, Usage
 
 #: Cache outcomes, as they appear in the `llmreel-cache` response header, metrics and the log.
 CACHE_OUTCOMES = ("hit", "miss", "bypass", "refresh", "offline_miss", "passthrough")

@@ -17,7 +17,7 @@ from mitmproxy import exceptions
 from mitmproxy.options import Options
 from mitmproxy.tools.dump import DumpMaster
 
-from .clientenv import private_dir
+from llmreel.cli.clientenv import private_dir
 
 log = logging.getLogger("llmreel")
 
@@ -110,7 +110,7 @@ class ProxyServer:
     """One in-process mitmproxy with the llmreel addon. Create and use inside a running loop."""
 
     def __init__(self, settings: ProxySettings, recorder: Any | None = None) -> None:
-        from addons.recorder import Recorder
+        from llmreel.addons.recorder import Recorder
 
         self.settings = settings
         self.recorder = recorder if recorder is not None else Recorder()

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import lmdb
 
-from .records import SCHEMA_VERSION, RecordError, Recording, pack, unpack
+from llmreel.storage.records import SCHEMA_VERSION, RecordError, Recording, pack, unpack
 
 log = logging.getLogger(__name__)
 

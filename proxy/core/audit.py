@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .redact import fingerprint, mask
+from llmreel.core.redact import fingerprint, mask
 
 __all__ = ["Finding", "find", "find_bytes", "line_of"]
 

@@ -26,8 +26,8 @@ from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
 
-from .logquery import LogFilter, StatsRow, stats
-from .logrecord import (
+from llmreel.log.query import LogFilter, StatsRow, stats
+from llmreel.log.record import (
     LogRecordError,
     exchange_record,
     id_floor,
@@ -35,10 +35,10 @@ from .logrecord import (
     unpack_head,
     unpack_record,
 )
-from .store import Value
+from llmreel.storage.lmdbstore import Value
 
 if TYPE_CHECKING:
-    from .exchange import Exchange
+    from llmreel.core.exchange import Exchange
 
 __all__ = [
     "DEFAULT_RETENTION_S",

@@ -18,13 +18,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .store import WRITE_ERROR_REASONS
+from llmreel.storage.lmdbstore import WRITE_ERROR_REASONS
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from .exchange import Exchange
-    from .store import StoreStats
+    from llmreel.core.exchange import Exchange
+    from llmreel.storage.lmdbstore import StoreStats
 
 log = logging.getLogger(__name__)
 

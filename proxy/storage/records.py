@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .compress import CompressionError, compress, decompress
+from llmreel.storage.compress import CompressionError, compress, decompress
 
 #: Bump when the packed layout or the meaning of a field changes; the store refuses other versions.
 SCHEMA_VERSION = 1

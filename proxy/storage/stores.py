@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .dirstore import DirStore
-from .export import MARKER_FILE, parse_entry_path
-from .store import LmdbStore, Store, StoreError
+from llmreel.storage.dirstore import DirStore
+from llmreel.storage.export import MARKER_FILE, parse_entry_path
+from llmreel.storage.lmdbstore import LmdbStore, Store, StoreError
 
 __all__ = ["is_export_dir", "open_store", "store_kind"]
 

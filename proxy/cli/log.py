@@ -24,12 +24,12 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from .exchange import CACHE_OUTCOMES
-from .exchangelog import AmbiguousExchange, ExchangeLog, UnknownExchange
-from .har import har_chunks
-from .logquery import LogFilter, parse_duration, parse_when
-from .logrecord import id_floor, id_time, strip_bodies
-from .logview import (
+from llmreel.core.exchange import CACHE_OUTCOMES
+from llmreel.log.exchangelog import AmbiguousExchange, ExchangeLog, UnknownExchange
+from llmreel.log.har import har_chunks
+from llmreel.log.query import LogFilter, parse_duration, parse_when
+from llmreel.log.record import id_floor, id_time, strip_bodies
+from llmreel.log.view import (
     LS_COLUMNS,
     NUMERIC,
     STATS_COLUMNS,
@@ -40,7 +40,7 @@ from .logview import (
     stats_cells,
     tail_line,
 )
-from .store import LmdbStore, StoreError
+from llmreel.storage.lmdbstore import LmdbStore, StoreError
 
 if TYPE_CHECKING:
     from rich.progress import Progress

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from .compress import CompressionError, compress, decompress
-from .providers import Endpoint, ResponseSummary, summarize
-from .redact import KEY_HINTS, scrub_text
-from .sse import looks_like_sse, parse_sse
-from .wire import is_event_stream
+from llmreel.storage.compress import CompressionError, compress, decompress
+from llmreel.providers.wire_apis import Endpoint, ResponseSummary, summarize
+from llmreel.core.redact import KEY_HINTS, scrub_text
+from llmreel.providers.sse import looks_like_sse, parse_sse
+from llmreel.core.wire import is_event_stream
 
 if TYPE_CHECKING:
-    from .exchange import Exchange
+    from llmreel.core.exchange import Exchange
 
 __all__ = [
     "HEAVY_FIELDS",

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from .logrecord import header
+from llmreel.log.record import header
 
 __all__ = ["har_chunks", "har_entry"]
 

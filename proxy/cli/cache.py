@@ -18,14 +18,14 @@ from typing import Any
 
 import click
 
-from .audit import Finding, find, find_bytes, line_of
-from .dirstore import DirStore, sync_export
-from .export import dumps, to_export
-from .keys import request_digest
-from .records import RecordError, Recording, pack, unpack
-from .store import LmdbStore, Store, StoreError, entry_key
-from .stores import open_store, store_kind
-from .timeparse import parse_duration
+from llmreel.core.audit import Finding, find, find_bytes, line_of
+from llmreel.storage.dirstore import DirStore, sync_export
+from llmreel.storage.export import dumps, to_export
+from llmreel.core.keys import request_digest
+from llmreel.storage.records import RecordError, Recording, pack, unpack
+from llmreel.storage.lmdbstore import LmdbStore, Store, StoreError, entry_key
+from llmreel.storage.stores import open_store, store_kind
+from llmreel.core.timeparse import parse_duration
 
 __all__ = ["cache", "parse_duration"]
 

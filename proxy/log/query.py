@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from .timeparse import parse_duration
+from llmreel.core.timeparse import parse_duration
 
 __all__ = [
     "LogFilter",

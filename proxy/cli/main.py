@@ -14,13 +14,13 @@ from typing import Any, TypeVar
 
 import click
 
-from .cli_cache import cache
-from .cli_log import log as log_group
-from .config import apply_config, config_command
-from .modes import MODES
-from .report import RunReport
-from .server import DEFAULT_CONFDIR, ProxyServer, ProxySettings, Reverse, Running, StartupError
-from .wire import is_loopback
+from llmreel.cli.cache import cache
+from llmreel.cli.log import log as log_group
+from llmreel.cli.config import apply_config, config_command
+from llmreel.core.modes import MODES
+from llmreel.metering.report import RunReport
+from llmreel.cli.server import DEFAULT_CONFDIR, ProxyServer, ProxySettings, Reverse, Running, StartupError
+from llmreel.core.wire import is_loopback
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("llmreel")
@@ -215,7 +215,7 @@ def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: boo
 
 
 async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunReport]:
-    from .clientenv import client_env, write_bundle
+    from llmreel.cli.clientenv import client_env, write_bundle
 
     bundle = write_bundle(settings.confdir)
     server = ProxyServer(settings)
@@ -275,7 +275,7 @@ def env(host: str, port: int, reverse: list[Reverse], confdir: str) -> None:
     \b
         eval "$(llmreel env)"
     """
-    from .clientenv import client_env, export_lines, write_bundle
+    from llmreel.cli.clientenv import client_env, export_lines, write_bundle
 
     bundle = write_bundle(confdir)
     hostport = f"[{host}]" if ":" in host else host
@@ -289,7 +289,7 @@ def env(host: str, port: int, reverse: list[Reverse], confdir: str) -> None:
 )
 def ca(confdir: str) -> None:
     """Create the proxy's CA if needed, print its path, and say how to trust it."""
-    from .clientenv import ensure_ca, write_bundle
+    from llmreel.cli.clientenv import ensure_ca, write_bundle
 
     cert = ensure_ca(confdir)
     bundle = write_bundle(confdir)

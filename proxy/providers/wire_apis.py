@@ -15,11 +15,11 @@ from urllib.parse import unquote
 
 import orjson
 
-from proxy.sse import SSEEvent, looks_like_sse, parse_sse
+from llmreel.providers.sse import SSEEvent, looks_like_sse, parse_sse
 
-from .jsonish import as_dict as _dict
-from .jsonish import as_list as _list
-from .jsonish import as_str as _str
+from llmreel.core.jsonish import as_dict as _dict
+from llmreel.core.jsonish import as_list as _list
+from llmreel.core.jsonish import as_str as _str
 
 __all__ = [
     "DEFAULT_HOSTS",

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .export import (
+from llmreel.storage.export import (
     EXPORT_VERSION,
     MARKER_FILE,
     ExportError,
@@ -35,8 +35,8 @@ from .export import (
     parse_entry_path,
     to_export,
 )
-from .records import Recording
-from .store import StoreError, StoreStats, entry_key, validate_namespace
+from llmreel.storage.records import Recording
+from llmreel.storage.lmdbstore import StoreError, StoreStats, entry_key, validate_namespace
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The `llmreel` command line, and running mitmproxy with the addon from our own code."""

@@ -1,0 +1,1 @@
+"""The exchange log: its records, the log database, queries, and how records read."""

@@ -1,0 +1,1 @@
+"""Tokens, costs and counts: Prometheus metrics, prices, and the end-of-run report."""
