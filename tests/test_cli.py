@@ -189,7 +189,7 @@ def test_offline_run_fails_on_a_swallowed_miss_and_reports_it(
         client = openai.OpenAI(base_url="{fake.url}/v1", api_key="sk-test-1234567890abcdefghij", max_retries=0)
         try:
             client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "unrecorded"}}])
-        except openai.NotFoundError as exc:
+        except openai.APIStatusError as exc:
             print("swallowed:", exc)
     """))
     base = [LLMREEL, "run", "--store", str(tmp_path / "store"), "--confdir", str(confdir), "--mode", "offline"]

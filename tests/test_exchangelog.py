@@ -545,7 +545,7 @@ def test_stats_computed_by_hand() -> None:
         rec("hit", 0.01, 0.010, (100, 10)),
         rec("hit", 0.02, 0.020, (200, 20)),
         rec("hit", 0.03, 0.030, (300, 30)),
-        rec("offline_miss", 0.005, None, (0, 0), status=404),
+        rec("offline_miss", 0.005, None, (0, 0), status=412),
         rec("passthrough", 1.0, 0.005, (50, 5)),
         {"provider": "anthropic", "model": "claude", "cache": "miss", "duration_s": 3.0,
          "cost_usd": 0.5, "input_tokens": 1000, "output_tokens": 100, "status": 529},

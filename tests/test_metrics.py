@@ -51,7 +51,7 @@ def test_hits_are_saved_not_billed_and_offline_misses_bill_nothing() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     metrics.observe(exchange("m", cache="hit", upstream_s=None))
-    metrics.observe(exchange("m", cache="offline_miss", upstream_s=None, status=404, usage=None, cost_usd=None))
+    metrics.observe(exchange("m", cache="offline_miss", upstream_s=None, status=412, usage=None, cost_usd=None))
     get = registry.get_sample_value
     labels = {"provider": "openai", "model": "m"}
     assert get("llmreel_saved_cost_usd_total", labels) == 0.001

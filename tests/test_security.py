@@ -331,7 +331,7 @@ def test_offline_mode_opens_no_connection_to_the_upstream(
             ),
         ]
         other = client.get(f"{fake.url}/v1/models")
-    assert [r.status_code for r in llm] == [404] * 3
+    assert [r.status_code for r in llm] == [412] * 3
     assert all(r.headers["llmreel-cache"] == "offline_miss" for r in llm)
     assert other.status_code == 502  # not an LLM call, and still not let out
     assert fake.connections == before
@@ -358,6 +358,6 @@ def test_offline_mode_makes_no_connection_attempt_at_all(
             replies.append(
                 direct.post(f"{proxy.reverse_url()}{CHAT_PATH}", json=chat_body("reverse"))
             )
-        assert [r.status_code for r in replies] == [404, 404, 502, 404]
+        assert [r.status_code for r in replies] == [412, 412, 502, 412]
         assert trap.accepted == 0
         assert trap.requests == []

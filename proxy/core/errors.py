@@ -11,8 +11,11 @@ from dataclasses import dataclass
 
 import orjson
 
-#: Status of an offline miss: "no recording found". 404 is not retried by any SDK we know of.
-MISS_STATUS = 404
+#: Status of an offline miss: 412 Precondition Failed ("a recording exists" did not hold). No SDK
+#: retries it, and none gives it a class of its own: the OpenAI and Anthropic SDKs raise their
+#: generic APIStatusError. A 404 became NotFoundError, which wrappers such as LangChain's turn
+#: into "model not found" and send the user looking at the model name.
+MISS_STATUS = 412
 BAD_REQUEST_STATUS = 400
 
 
@@ -45,7 +48,7 @@ def offline_miss(
 ) -> ErrorReply:
     message = (
         f"llmreel cache miss: no recording of {method} {url} (key {key}, namespace "
-        f"{namespace!r}) and llmreel is in offline mode, so the request was not sent. "
+        f"{namespace!r}) and llmreel is in offline mode, so the request was not sent."
     )
     if detail:
         message = f"{message} {detail}"
