@@ -188,7 +188,8 @@ async def _start(server: ProxyServer) -> Running:
               help="Exit non-zero if any request missed the cache, even if COMMAND swallowed the "
               "error. Default: on in offline mode, off otherwise.")  # fmt: skip
 @click.option("--fail-on-unused", is_flag=True,
-              help="Exit non-zero if recordings in the namespaces used were never replayed.")
+              help="Exit non-zero if recordings in the namespaces used were never replayed, and "
+              "list them (the report only counts them otherwise; -v lists them too).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: bool, **kw: Any) -> None:
     """Run COMMAND with its LLM calls going through a fresh proxy; exit with its exit code.
@@ -197,6 +198,7 @@ def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: boo
         llmreel run -- pytest tests/
         llmreel run --mode offline -- python agent.py
     """
+    verbose = kw["verbose"]
     settings = _settings(kw)
     if shutil.which(command[0]) is None and not os.path.exists(command[0]):
         raise click.ClickException(f"command not found: {command[0]}")
@@ -206,7 +208,7 @@ def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: boo
         code, report = asyncio.run(_run(settings, list(command)))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(report.render(), err=True)
+    click.echo(report.render(list_unused=fail_on_unused or verbose), err=True)
     failures = report.failures(fail_on_miss=fail_on_miss, fail_on_unused=fail_on_unused)
     if failures and code == 0:
         click.echo(f"llmreel: failing the run: {'; '.join(failures)}", err=True)
@@ -215,7 +217,7 @@ def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: boo
 
 
 async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunReport]:
-    from llmreel.cli.clientenv import client_env, write_bundle
+    from llmreel.cli.clientenv import base_url_env, client_env, host_map, write_bundle
 
     bundle = write_bundle(settings.confdir)
     server = ProxyServer(settings)
@@ -225,7 +227,10 @@ async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunRep
     reverse = [
         (r, li.url) for r, li in zip(settings.reverse, _reverse_listeners(running), strict=False)
     ]
-    env = {**os.environ, **client_env(running.proxy_url, bundle, reverse)}
+    base_urls, advice = base_url_env(reverse, host_map(settings.hosts))
+    for line in advice:
+        click.echo(line, err=True)
+    env = {**os.environ, **client_env(running.proxy_url, bundle, base_urls)}
     loop = asyncio.get_running_loop()
     try:
         proc = await asyncio.create_subprocess_exec(*command, env=env)
@@ -275,12 +280,14 @@ def env(host: str, port: int, reverse: list[Reverse], confdir: str) -> None:
     \b
         eval "$(llmreel env)"
     """
-    from llmreel.cli.clientenv import client_env, export_lines, write_bundle
+    from llmreel.cli.clientenv import base_url_env, client_env, export_lines, write_bundle
 
     bundle = write_bundle(confdir)
     hostport = f"[{host}]" if ":" in host else host
-    pairs = [(r, f"http://{hostport}:{r.port}") for r in reverse]
-    click.echo(export_lines(client_env(f"http://{hostport}:{port}", bundle, pairs)), nl=False)
+    base_urls, advice = base_url_env([(r, f"http://{hostport}:{r.port}") for r in reverse])
+    for line in advice:
+        click.echo(line, err=True)  # stderr: stdout is for `eval`
+    click.echo(export_lines(client_env(f"http://{hostport}:{port}", bundle, base_urls)), nl=False)
 
 
 @main.command()
