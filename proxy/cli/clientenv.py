@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 import certifi
-
 from llmreel.providers.wire_apis import DEFAULT_HOSTS, HostMap
 
 if TYPE_CHECKING:

@@ -13,14 +13,20 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-
 from llmreel.cli.cache import cache
-from llmreel.cli.log import log as log_group
 from llmreel.cli.config import apply_config, config_command
+from llmreel.cli.log import log as log_group
+from llmreel.cli.server import (
+    DEFAULT_CONFDIR,
+    ProxyServer,
+    ProxySettings,
+    Reverse,
+    Running,
+    StartupError,
+)
 from llmreel.core.modes import MODES
-from llmreel.metering.report import RunReport
-from llmreel.cli.server import DEFAULT_CONFDIR, ProxyServer, ProxySettings, Reverse, Running, StartupError
 from llmreel.core.wire import is_loopback
+from llmreel.metering.report import RunReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("llmreel")
