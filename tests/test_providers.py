@@ -8,7 +8,6 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from llmreel.providers.wire_apis import (
     DEFAULT_HOSTS,
     Endpoint,

@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import click
-
 from llmreel.core.audit import Finding, find, find_bytes, line_of
+from llmreel.core.keys import request_digest
+from llmreel.core.timeparse import parse_duration
 from llmreel.storage.dirstore import DirStore, sync_export
 from llmreel.storage.export import dumps, to_export
-from llmreel.core.keys import request_digest
-from llmreel.storage.records import RecordError, Recording, pack, unpack
 from llmreel.storage.lmdbstore import LmdbStore, Store, StoreError, entry_key
+from llmreel.storage.records import RecordError, Recording, pack, unpack
 from llmreel.storage.stores import open_store, store_kind
-from llmreel.core.timeparse import parse_duration
 
 __all__ = ["cache", "parse_duration"]
 

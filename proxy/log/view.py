@@ -12,10 +12,9 @@ from datetime import datetime
 from typing import Any, Final
 
 import orjson
-from rich.text import Text
-
-from llmreel.providers.conversation import Message, Part, conversation
 from llmreel.log.query import StatsRow, record_unix
+from llmreel.providers.conversation import Message, Part, conversation
+from rich.text import Text
 
 __all__ = [
     "LS_COLUMNS",

@@ -20,7 +20,6 @@ from typing import Any, Final
 # started, so the proxy makes no calls of its own.
 from genai_prices import data_snapshot
 from genai_prices import types as gp
-
 from llmreel.providers.wire_apis import Usage
 
 __all__ = ["ModelPrice", "Pricer", "load_overrides"]

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
-
 from llmreel.core.jsonish import as_dict as _dict
 from llmreel.core.jsonish import as_list as _list
 from llmreel.core.jsonish import as_str as _str

@@ -14,12 +14,10 @@ from typing import Any, Final
 from urllib.parse import unquote
 
 import orjson
-
-from llmreel.providers.sse import SSEEvent, looks_like_sse, parse_sse
-
 from llmreel.core.jsonish import as_dict as _dict
 from llmreel.core.jsonish import as_list as _list
 from llmreel.core.jsonish import as_str as _str
+from llmreel.providers.sse import SSEEvent, looks_like_sse, parse_sse
 
 __all__ = [
     "DEFAULT_HOSTS",

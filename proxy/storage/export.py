@@ -23,8 +23,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from llmreel.storage.records import Recording
 from llmreel.core.wire import is_event_stream
+from llmreel.storage.records import Recording
 
 __all__ = [
     "EXPORT_VERSION",
