@@ -35,12 +35,13 @@ from llmreel.core.keys import KeyConfig, canonical_request, request_digest
 from llmreel.metering.metrics import Metrics
 from llmreel.core.modes import CONTROLS, MODES, plan
 from llmreel.metering.pricing import Pricer, load_overrides
-from llmreel.providers.wire_apis import (
+from llmreel.providers import (
     DEFAULT_HOSTS,
     HostMap,
     ResponseSummary,
     Usage,
     classify,
+    parse_host_mappings,
     request_model,
     summarize,
     wants_stream,
@@ -211,14 +212,10 @@ class Recorder:
             except ValueError as exc:
                 raise exceptions.OptionsError(f"llmreel_namespace: {exc}") from exc
         if "llmreel_hosts" in updated:
-            extra: dict[str, str] = {}
-            for item in opts.llmreel_hosts:
-                host, sep, provider = item.partition("=")
-                if not sep or not host.strip() or not provider.strip():
-                    raise exceptions.OptionsError(
-                        f"llmreel_hosts: {item!r} is not HOST=PROVIDER, e.g. llm.internal=openai"
-                    )
-                extra[host.strip()] = provider.strip()
+            try:
+                extra = parse_host_mappings(opts.llmreel_hosts)
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"llmreel_hosts: {exc}") from exc
             self.hosts = DEFAULT_HOSTS.merged(extra)
         if "llmreel_scope_by_credential" in updated or "llmreel_store" in updated:
             self._scope_salt = None

@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 import pytest
 
-from llmreel.log import record as logrecord
-from llmreel.providers.conversation import conversation
 from llmreel.core.exchange import Exchange, new_id
+from llmreel.core.redact import fingerprint, mask_headers, mask_query
+from llmreel.log import record as logrecord
 from llmreel.log.exchangelog import AmbiguousExchange, ExchangeLog, JsonlSink, UnknownExchange
 from llmreel.log.query import LogFilter, parse_duration, parse_when, percentile, stats
 from llmreel.log.record import (
@@ -31,8 +31,7 @@ from llmreel.log.record import (
     strip_bodies,
     unpack_record,
 )
-from llmreel.providers.wire_apis import classify, summarize
-from llmreel.core.redact import fingerprint, mask_headers, mask_query
+from llmreel.providers import classify, conversation, summarize
 from llmreel.storage.lmdbstore import LmdbStore
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from llmreel.storage.compress import CompressionError, compress, decompress
-from llmreel.providers.wire_apis import Endpoint, ResponseSummary, summarize
 from llmreel.core.redact import KEY_HINTS, scrub_text
-from llmreel.providers.sse import looks_like_sse, parse_sse
 from llmreel.core.wire import is_event_stream
+from llmreel.providers import Endpoint, ResponseSummary, summarize
+from llmreel.providers.sse import looks_like_sse, parse_sse
+from llmreel.storage.compress import CompressionError, compress, decompress
 
 if TYPE_CHECKING:
     from llmreel.core.exchange import Exchange

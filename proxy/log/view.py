@@ -14,8 +14,8 @@ from typing import Any, Final
 import orjson
 from rich.text import Text
 
-from llmreel.providers.conversation import Message, Part, conversation
 from llmreel.log.query import StatsRow, record_unix
+from llmreel.providers import Message, Part, conversation
 
 __all__ = [
     "LS_COLUMNS",
