@@ -17,6 +17,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.net import encoding
+from mitmproxy.proxy import server_hooks
+from prometheus_client import CollectorRegistry
+
 from llmreel.core.errors import ErrorReply
 from llmreel.core.wire import (
     CACHE_HEADER,
@@ -30,10 +35,6 @@ from llmreel.metering.exporter import MetricsServer
 from llmreel.storage.lmdbstore import Store
 from llmreel.storage.records import Recording
 from llmreel.storage.stores import open_store
-from mitmproxy import ctx, exceptions, http
-from mitmproxy.net import encoding
-from mitmproxy.proxy import server_hooks
-from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("llmreel")
 

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmreel.addons.recorder import Recorder
 from mitmproxy.test import taddons, tflow, tutils
 from prometheus_client import CollectorRegistry
 
+from llmreel.addons.recorder import Recorder
 from tests.fakeupstream import build_reply
 
 from . import payloads

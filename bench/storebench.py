@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from llmreel.storage.lmdbstore import LmdbStore, entry_key
 from llmreel.storage.records import Recording, pack
 

@@ -10,11 +10,12 @@ from typing import Any
 
 import orjson
 import pytest
-from llmreel.addons.recorder import Recorder
 from mitmproxy import connection
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow, tutils
 from prometheus_client import CollectorRegistry
+
+from llmreel.addons.recorder import Recorder
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
 CHAT_RESPONSE = {

@@ -23,9 +23,9 @@ import httpx
 import pytest
 import wsproto
 import wsproto.events as ws_events
-from llmreel.storage.lmdbstore import LmdbStore
 from mitmproxy.net import encoding
 
+from llmreel.storage.lmdbstore import LmdbStore
 from tests.conftest import ProxyThread, http_client
 from tests.fakeupstream import FakeUpstream, build_reply
 

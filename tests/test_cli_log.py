@@ -15,12 +15,12 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner, Result
+
 from llmreel.cli.log import log
 from llmreel.core.exchange import Exchange
 from llmreel.log.exchangelog import ExchangeLog
 from llmreel.log.record import unpack_record
 from llmreel.storage.lmdbstore import LmdbStore
-
 from tests.test_exchangelog import (
     KINDS,
     REQUIRED,

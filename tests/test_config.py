@@ -9,6 +9,7 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner
+
 from llmreel.cli import main as cli
 from llmreel.cli.cache import cache
 from llmreel.cli.config import (

@@ -785,9 +785,10 @@ def test_promtool_accepts_dashboard_queries(tmp_path: Path) -> None:
 # The catalogue the dashboard is checked against matches what proxy/metrics.py registers
 # ------------------------------------------------------------------------------------------------
 def test_metric_catalogue_matches_proxy_metrics() -> None:
-    from llmreel.metering.metrics import Metrics
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics import MetricWrapperBase
+
+    from llmreel.metering.metrics import Metrics
 
     registry = CollectorRegistry()
     stats: Any = types.SimpleNamespace(size_bytes=1, entries=1)

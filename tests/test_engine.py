@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
+
 from llmreel.core.errors import ErrorReply
 from llmreel.core.singleflight import SingleFlight
 from llmreel.engine import DEFAULTS, Engine, FlowState, RequestHead, ResponseInfo
 from llmreel.storage.records import Recording
-from prometheus_client import CollectorRegistry
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
 CHAT_RESPONSE = {

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from llmreel.core.exchange import Exchange
 from llmreel.core.ids import new_id
 from llmreel.core.redact import fingerprint, mask_headers, mask_query
@@ -31,8 +32,7 @@ from llmreel.log.record import (
     strip_bodies,
     unpack_record,
 )
-from llmreel.providers.conversation import conversation
-from llmreel.providers.wire_apis import classify, summarize
+from llmreel.providers import classify, conversation, summarize
 from llmreel.storage.lmdbstore import LmdbStore
 
 FIXTURES = Path(__file__).parent / "fixtures"

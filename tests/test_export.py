@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from llmreel.storage.export import (
     EXPORT_VERSION,
     MARKER_FILE,

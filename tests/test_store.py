@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lmdb
 import pytest
+
 from llmreel.storage.lmdbstore import LmdbStore, StoreError
 from llmreel.storage.records import RecordError, Recording, pack, unpack
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from llmreel.core.audit import Finding, find, find_bytes, line_of
 from llmreel.core.keys import request_digest
 from llmreel.core.timeparse import parse_duration

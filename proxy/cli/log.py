@@ -18,6 +18,12 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import click
 import orjson
+from rich import box
+from rich.console import Console
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
 from llmreel.core.exchange import CACHE_OUTCOMES
 from llmreel.log.exchangelog import AmbiguousExchange, ExchangeLog, UnknownExchange
 from llmreel.log.har import har_chunks
@@ -35,11 +41,6 @@ from llmreel.log.view import (
     tail_line,
 )
 from llmreel.storage.lmdbstore import LmdbStore, StoreError
-from rich import box
-from rich.console import Console
-from rich.padding import Padding
-from rich.table import Table
-from rich.text import Text
 
 if TYPE_CHECKING:
     from rich.progress import Progress

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+
 from llmreel.cli.cache import cache
 from llmreel.cli.config import apply_config, config_command
 from llmreel.cli.log import log as log_group

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmreel.cli.clientenv import private_dir
-from llmreel.cli.reverse import Reverse
-from llmreel.engine.options import DEFAULT_MAX_RECORD_BYTES
 from mitmproxy import exceptions
 from mitmproxy.options import Options
 from mitmproxy.tools.dump import DumpMaster
+
+from llmreel.cli.clientenv import private_dir
+from llmreel.cli.reverse import Reverse
+from llmreel.engine.options import DEFAULT_MAX_RECORD_BYTES
 
 log = logging.getLogger("llmreel")
 

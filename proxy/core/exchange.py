@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from llmreel.providers.wire_apis import Endpoint, ResponseSummary, Usage
+    from llmreel.core.calls import Endpoint, ResponseSummary, Usage
 
 #: Cache outcomes, as they appear in the `llmreel-cache` response header, metrics and the log.
 CACHE_OUTCOMES = ("hit", "miss", "bypass", "refresh", "offline_miss", "passthrough")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
 from llmreel.core.redact import is_secret_query_param
 
 #: Request headers that change what the upstream does, and so belong in the key.

@@ -21,6 +21,8 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from llmreel.core.bounded import BoundedCounter, BoundedSet
 from llmreel.core.diff import explain
 from llmreel.core.errors import BAD_REQUEST_STATUS, ErrorReply, error_reply, offline_miss
@@ -61,7 +63,6 @@ from llmreel.storage.lmdbstore import LmdbStore, Store, StoreError, validate_nam
 from llmreel.storage.records import Recording
 from llmreel.storage.stores import open_store
 from llmreel.storage.usedtimes import UsedTimes
-from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("llmreel")
 

@@ -25,6 +25,7 @@ from functools import partial
 from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
+
 from llmreel.log.query import LogFilter, StatsRow, stats
 from llmreel.log.record import (
     LogRecordError,

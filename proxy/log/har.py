@@ -13,6 +13,7 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
+
 from llmreel.log.record import header
 
 __all__ = ["har_chunks", "har_entry"]

@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
+
 from llmreel.core.redact import KEY_HINTS, scrub_text
 from llmreel.core.wire import is_event_stream
+from llmreel.providers import Endpoint, ResponseSummary, summarize
 from llmreel.providers.sse import looks_like_sse, parse_sse
-from llmreel.providers.wire_apis import Endpoint, ResponseSummary, summarize
 from llmreel.storage.compress import CompressionError, compress, decompress
 
 if TYPE_CHECKING:

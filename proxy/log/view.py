@@ -12,9 +12,10 @@ from datetime import datetime
 from typing import Any, Final
 
 import orjson
-from llmreel.log.query import StatsRow, record_unix
-from llmreel.providers.conversation import Message, Part, conversation
 from rich.text import Text
+
+from llmreel.log.query import StatsRow, record_unix
+from llmreel.providers import Message, Part, conversation
 
 __all__ = [
     "LS_COLUMNS",

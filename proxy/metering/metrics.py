@@ -14,15 +14,17 @@ from collections.abc import Callable, Iterable
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from llmreel.storage.lmdbstore import WRITE_ERROR_REASONS
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from llmreel.storage.lmdbstore import WRITE_ERROR_REASONS
+
 if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
     from llmreel.core.exchange import Exchange
     from llmreel.storage.lmdbstore import StoreStats
-    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
 from llmreel.storage.compress import CompressionError, compress, decompress
 
 #: Bump when the packed layout or the meaning of a field changes; the store refuses other versions.
