@@ -29,7 +29,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from llmreel.core.diff import explain
 from llmreel.core.errors import BAD_REQUEST_STATUS, ErrorReply, error_reply, offline_miss
-from llmreel.core.exchange import Exchange, FlowState, new_id
+from llmreel.core.exchange import Exchange, FlowState
+from llmreel.core.ids import new_id
 from llmreel.log.exchangelog import ExchangeLog, JsonlSink
 from llmreel.core.keys import KeyConfig, canonical_request, request_digest
 from llmreel.metering.metrics import Metrics

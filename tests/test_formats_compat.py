@@ -16,10 +16,13 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner
+
 from llmreel.cli.main import main
 from llmreel.core.exchange import Exchange
+from llmreel.core.wire import header
 from llmreel.log.exchangelog import ExchangeLog
-from llmreel.log.record import exchange_record, header, pack_exchange, unpack_head, unpack_record
+from llmreel.log.packing import pack_exchange, unpack_head, unpack_record
+from llmreel.log.record import exchange_record
 from llmreel.providers.wire_apis import Endpoint, Usage, summarize
 from llmreel.storage.dirstore import DirStore
 from llmreel.storage.export import dumps, from_export, loads, to_export

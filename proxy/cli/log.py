@@ -25,10 +25,11 @@ from rich.table import Table
 from rich.text import Text
 
 from llmreel.core.exchange import CACHE_OUTCOMES
+from llmreel.core.ids import id_floor, id_time
 from llmreel.log.exchangelog import AmbiguousExchange, ExchangeLog, UnknownExchange
 from llmreel.log.har import har_chunks
 from llmreel.log.query import LogFilter, parse_duration, parse_when
-from llmreel.log.record import id_floor, id_time, strip_bodies
+from llmreel.log.record import strip_bodies
 from llmreel.log.view import (
     LS_COLUMNS,
     NUMERIC,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,22 +14,6 @@ if TYPE_CHECKING:
 
 #: Cache outcomes, as they appear in the `llmreel-cache` response header, metrics and the log.
 CACHE_OUTCOMES = ("hit", "miss", "bypass", "refresh", "offline_miss", "passthrough")
-
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def new_id(now: float | None = None, entropy: bytes | None = None) -> str:
-    """A ULID: 26 characters that sort by creation time (48-bit ms clock, 80 random bits)."""
-    millis = int((time.time() if now is None else now) * 1000)
-    # Ids need uniqueness, not secrecy: the Mersenne Twister (seeded from os.urandom) is enough
-    # and skips a system call per exchange.
-    randomness = int.from_bytes(entropy, "big") if entropy else random.getrandbits(80)
-    value = (millis << 80) | randomness
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
 
 
 @dataclass(slots=True)

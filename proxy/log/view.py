@@ -14,8 +14,9 @@ from typing import Any, Final
 import orjson
 from rich.text import Text
 
+from llmreel.log.query import StatsRow
+from llmreel.log.record import record_unix
 from llmreel.providers.conversation import Message, Part, conversation
-from llmreel.log.query import StatsRow, record_unix
 
 __all__ = [
     "LS_COLUMNS",
