@@ -84,7 +84,9 @@ def unpack_record(data: bytes, *, heavy: bool = True) -> dict[str, Any]:
         raise LogRecordError("record content is missing")
     bodies = unpack_content(data)
     split = int(raw["request_len"])
-    endpoint = Endpoint(record["provider"], record["api"], record["operation"], raw["otel_provider"])
+    endpoint = Endpoint(
+        record["provider"], record["api"], record["operation"], raw["otel_provider"]
+    )
     record["request_headers"] = raw["request_headers"]
     record["response_headers"] = raw["response_headers"]
     record.update(record_content(endpoint, bodies[:split], bodies[split:], raw["request_headers"],
