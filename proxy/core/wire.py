@@ -63,6 +63,15 @@ def is_event_stream(content_type: str) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
 
 
+def header(headers: Iterable[tuple[str, str]] | Iterable[list[str]], name: str) -> str | None:
+    """The first value of header `name` (case-insensitive) in a list of (name, value) pairs."""
+    lowered = name.lower()
+    for pair in headers:
+        if len(pair) == 2 and pair[0].lower() == lowered:
+            return pair[1]
+    return None
+
+
 class StreamTee:
     """The `flow.response.stream` callable: passes every chunk through unchanged, and keeps it.
 

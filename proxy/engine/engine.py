@@ -44,7 +44,8 @@ from llmreel.core.wire import (
 from llmreel.engine.accounting import Accountant, Outcome, ttfc
 from llmreel.engine.flowstate import FlowState
 from llmreel.engine.options import DEFAULTS, ConfigError
-from llmreel.log.exchangelog import ExchangeLog, JsonlSink
+from llmreel.log.exchangelog import ExchangeLog
+from llmreel.log.jsonl import JsonlSink
 from llmreel.metering.metrics import Metrics
 from llmreel.metering.pricing import Pricer, load_overrides
 from llmreel.metering.report import RunReport
