@@ -85,7 +85,11 @@ def test_a_300_mb_stream_reaches_the_client_whole_in_bounded_memory(
     )  # fmt: skip
     try:
         base = line.split("reverse ", 1)[1].split(" ", 1)[0]
-        body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "big"}]}
+        body = {
+            "model": "gpt-4o-mini",
+            "stream": True,
+            "messages": [{"role": "user", "content": "big"}],
+        }
         received = 0
         with httpx.Client(timeout=120) as client:
             with client.stream("POST", f"{base}/v1/chat/completions", json=body) as reply:

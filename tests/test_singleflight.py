@@ -23,12 +23,18 @@ CLIENTS = 10
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("explain", [False, True], ids=["plain", "explain-misses"])
 def test_identical_concurrent_misses_reach_the_upstream_once(
-    make_proxy: Callable[..., ProxyThread], fake: FakeUpstream, bundle: str, stream: bool, explain: bool
+    make_proxy: Callable[..., ProxyThread],
+    fake: FakeUpstream,
+    bundle: str,
+    stream: bool,
+    explain: bool,
 ) -> None:
     proxy = make_proxy(explain_misses=explain)
     # A recording in the namespace gives --explain-misses something to compare with.
     with http_client(proxy, bundle) as client:
-        client.post(f"{fake.url}{CHAT_PATH}", json=_chat("an earlier prompt", stream)).raise_for_status()
+        client.post(
+            f"{fake.url}{CHAT_PATH}", json=_chat("an earlier prompt", stream)
+        ).raise_for_status()
     fake.reset()
     barrier = threading.Barrier(CLIENTS)
 
@@ -51,7 +57,10 @@ def test_identical_concurrent_misses_reach_the_upstream_once(
 
 
 def _chat(prompt: str, stream: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}
+    body: dict[str, Any] = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": prompt}],
+    }
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}

@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -328,3 +329,18 @@ main.add_command(config_command)
 
 if __name__ == "__main__":
     main()
+
+
+@main.command("addon-path")
+def addon_path() -> None:
+    """Print the path of the mitmproxy addon, for plain mitmproxy tools.
+
+    \b
+        mitmdump -s "$(llmreel addon-path)" --set llmreel_store=.llmreel
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llmreel.addons.recorder")
+    if spec is None or spec.origin is None:
+        raise click.ClickException("the llmreel addon is not installed; reinstall llmreel")
+    click.echo(str(Path(spec.origin).resolve()))
