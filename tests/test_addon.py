@@ -169,10 +169,12 @@ def test_auto_mode_allows_upstream_connections(recorder: Recorder) -> None:
 
 
 async def test_control_headers_are_removed_before_upstream(recorder: Recorder) -> None:
-    flow = chat_flow(headers={"llmreel-cache": "bypass", "llmreel-namespace": "test_a"})
+    flow = chat_flow(headers={"llmreel-cache": "bypass", "llmreel-namespace": "test_a",
+                              "llmreel-session": "agent-run-1"})  # fmt: skip
     await recorder.request(flow)
     assert "llmreel-cache" not in flow.request.headers
     assert "llmreel-namespace" not in flow.request.headers
+    assert "llmreel-session" not in flow.request.headers
     assert flow.response is None  # forwarded
 
 

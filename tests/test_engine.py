@@ -272,3 +272,17 @@ def test_bad_control_header_is_answered_in_the_providers_shape(engine: Engine) -
     reply = engine.begin(head(**{"llmreel-cache": "sometimes"}))
     assert isinstance(reply, ErrorReply) and reply.status == 400
     assert b"llmreel-cache" in reply.body
+
+
+async def test_session_header_and_run_id_tag_the_exchange(engine: Engine) -> None:
+    engine.configure({"llmreel_run_id": "01RUN"}, {"llmreel_run_id"})
+    seen: list[Any] = []
+    engine.sinks.append(seen.append)
+    state = engine.begin(head(**{"llmreel-session": "checkout-agent-7"}))
+    assert isinstance(state, FlowState)
+    assert await engine.decide(state) is None
+    engine.finish(state, ResponseInfo(200, JSON_HEADERS, json.dumps(CHAT_RESPONSE).encode()))
+    await settle(engine)
+    assert (seen[0].session, seen[0].run) == ("checkout-agent-7", "01RUN")
+    untagged = engine.begin(head())
+    assert isinstance(untagged, FlowState) and untagged.session == ""

@@ -26,6 +26,7 @@ from llmreel.cli.server import (
     Running,
     StartupError,
 )
+from llmreel.core.ids import new_id
 from llmreel.core.modes import MODES
 from llmreel.core.wire import is_loopback
 from llmreel.engine.options import DEFAULT_MAX_RECORD_BYTES
@@ -231,6 +232,8 @@ async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunRep
     from llmreel.cli.clientenv import client_env, write_bundle
 
     bundle = write_bundle(settings.confdir)
+    # Every exchange of this run is tagged with its id (the log, `log ls --run`, the UI).
+    settings.run_id = settings.run_id or new_id()
     server = ProxyServer(settings)
     server.recorder.report.detailed = True  # for the unused-recordings part of the report
     running = await _start(server)
@@ -239,6 +242,8 @@ async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunRep
         (r, li.url) for r, li in zip(settings.reverse, _reverse_listeners(running), strict=False)
     ]
     env = {**os.environ, **client_env(running.proxy_url, bundle, reverse)}
+    env["LLMREEL_RUN_ID"] = settings.run_id
+    log.info("run id %s", settings.run_id)
     loop = asyncio.get_running_loop()
     try:
         proc = await asyncio.create_subprocess_exec(*command, env=env)

@@ -53,6 +53,7 @@ class ProxySettings:
     scope_by_credential: bool = False
     max_age: str = ""
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    run_id: str = ""
     proxy_auth: str | None = None
     sets: Sequence[str] = ()
     """Raw mitmproxy `NAME=VALUE` options, applied last."""
@@ -138,6 +139,7 @@ class ProxyServer:
                 llmreel_scope_by_credential=s.scope_by_credential,
                 llmreel_max_age=s.max_age,
                 llmreel_max_record_bytes=s.max_record_bytes,
+                llmreel_run_id=s.run_id,
             )
             if s.proxy_auth:
                 master.options.update(proxyauth=s.proxy_auth)

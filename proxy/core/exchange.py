@@ -52,6 +52,10 @@ class Exchange:
     request_body: bytes = b""
     response_body: bytes = b""
     summary: ResponseSummary | None = None
+    session: str = ""
+    """The `llmreel-session` request header: calls a client grouped explicitly."""
+    run: str = ""
+    """The run id of the `llmreel run` (or `--run-id`) that proxied the call."""
 
     @property
     def status_class(self) -> str:

@@ -15,8 +15,10 @@ NAMESPACE_HEADER = "llmreel-namespace"
 KEY_HEADER = "llmreel-key"
 #: Response header naming the cache outcome (`CACHE_OUTCOMES`).
 CACHE_HEADER = "llmreel-cache"
-#: Every request header llmreel reads and removes.
-CONTROL_HEADERS = (CONTROL_HEADER, NAMESPACE_HEADER)
+#: Groups calls into one session (a thread in the UI), whatever their content.
+SESSION_HEADER = "llmreel-session"
+#: Every request header llmreel reads and removes before the request goes upstream.
+CONTROL_HEADERS = (CONTROL_HEADER, NAMESPACE_HEADER, SESSION_HEADER)
 
 # Not worth replaying: framing (recomputed on replay), connection management, and volatile or
 # per-client values. Credentials (set-cookie...) are dropped by `is_secret_header`.

@@ -45,6 +45,8 @@ class Accountant:
         self.report = report
         self.pricer = Pricer()
         self.sinks: list[Callable[[Exchange], None]] = []
+        self.run = ""
+        """The run id every exchange is tagged with (`llmreel run`), or empty."""
         self._unpriced_warned: BoundedSet[tuple[str, str]] = BoundedSet(UNPRICED_WARN_CAP)
 
     def account(self, state: FlowState, out: Outcome) -> Exchange:
@@ -99,6 +101,8 @@ class Accountant:
             request_body=state.request_body,
             response_body=out.body,
             summary=out.summary,
+            session=state.session,
+            run=self.run,
         )
         self.metrics.observe(exchange)
         if exchange.cache in ("miss", "offline_miss"):

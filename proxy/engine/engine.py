@@ -36,6 +36,7 @@ from llmreel.core.timeparse import parse_duration
 from llmreel.core.wire import (
     CONTROL_HEADER,
     NAMESPACE_HEADER,
+    SESSION_HEADER,
     StreamTee,
     is_event_stream,
     masked_url,
@@ -204,6 +205,8 @@ class Engine:
             if int(v["llmreel_max_record_bytes"]) <= 0:
                 raise ConfigError("llmreel_max_record_bytes: must be a positive number of bytes")
             self.max_record_bytes = int(v["llmreel_max_record_bytes"])
+        if "llmreel_run_id" in updated:
+            self.accountant.run = str(v["llmreel_run_id"])[:64]
         if "llmreel_ignore_fields" in updated:
             self.key_config = KeyConfig(ignore_fields=tuple(v["llmreel_ignore_fields"]))
         if "llmreel_prices" in updated:
@@ -327,6 +330,7 @@ class Engine:
             request_headers=mask_headers(head.headers),
             request_body=body,
             seq=seq,
+            session=head.controls.get(SESSION_HEADER, "")[:200],
         )
 
     async def decide(self, state: FlowState) -> Recording | ErrorReply | None:

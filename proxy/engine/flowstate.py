@@ -47,6 +47,8 @@ class FlowState:
     explanation: str = ""
     """For a miss: what differs from the closest recording."""
     request_headers: list[tuple[str, str]] = field(default_factory=list)
+    session: str = ""
+    """The `llmreel-session` header, when the client sent one."""
     finished: bool = False
     """The exchange was accounted for (its response or error was handled)."""
 

@@ -90,6 +90,11 @@ OPTIONS: tuple[Option, ...] = (
         "again; offline mode serves them with a warning. Empty: no limit.",
     ),
     Option(
+        "llmreel_run_id", str, "",
+        "Tag every logged exchange with this run id (`llmreel run` sets a fresh one); "
+        "`llmreel log ls --run ID` finds them.",
+    ),
+    Option(
         "llmreel_max_record_bytes", int, DEFAULT_MAX_RECORD_BYTES,
         "Responses larger than this many bytes stream through to the client but are not "
         "recorded (counted in llmreel_recordings_skipped_total{reason=\"too_large\"}).",

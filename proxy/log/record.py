@@ -115,6 +115,11 @@ def exchange_head(ex: Exchange, summary: ResponseSummary | None = None) -> dict[
         "request_body_size": len(ex.request_body),
         "response_body_size": len(ex.response_body),
     }
+    # Set only when known, so records of calls without them keep their earlier form.
+    if ex.session:
+        record["session"] = ex.session
+    if ex.run:
+        record["run"] = ex.run
     return record
 
 
