@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+
 from llmreel.cli.clientenv import write_bundle
 from llmreel.cli.server import ProxyServer, ProxySettings, Running
-
 from tests.fakeupstream import FakeUpstream
 
 # Tests must set their own trust settings: these machines export system-bundle variables.

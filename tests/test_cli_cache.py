@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+
 from llmreel.cli.cache import cache, parse_duration
 from llmreel.core.keys import canonical_request, request_digest
 from llmreel.storage.dirstore import DirStore
 from llmreel.storage.export import MARKER_FILE, entry_path
 from llmreel.storage.lmdbstore import LmdbStore, entry_key
 from llmreel.storage.records import Recording
-
 from tests.test_export import FIXTURES, SSE, event_chunks
 
 DAY = 86400.0

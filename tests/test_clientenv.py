@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from llmreel.cli.clientenv import base_url_env, host_map
-from llmreel.cli.server import Reverse
+from llmreel.cli.clientenv import base_url_env
+from llmreel.cli.reverse import Reverse
+from llmreel.providers import DEFAULT_HOSTS, HostMap, parse_host_mappings
 
 LOCAL = "http://127.0.0.1:8081"
+
+
+def host_map(items: list[str]) -> HostMap:
+    """What `--provider-host` items make of the defaults."""
+    return DEFAULT_HOSTS.merged(parse_host_mappings(items))
 
 
 def test_known_hosts_get_their_sdks_variable() -> None:
@@ -55,10 +61,3 @@ def test_a_provider_without_a_variable_and_a_second_listener_get_advice() -> Non
     groq, second = advice
     assert "http://127.0.0.1:8081 " in groq and "no SDK base-URL variable for groq" in groq
     assert "http://127.0.0.1:8083/v1 " in second and "OPENAI_BASE_URL already points" in second
-
-
-def test_host_map_layers_items_over_the_defaults() -> None:
-    hosts = host_map(["llm.internal=openai", " gw.corp = anthropic ", "no-equals-sign"])
-    assert hosts.provider_for("llm.internal") == "openai"
-    assert hosts.provider_for("gw.corp") == "anthropic"
-    assert hosts.provider_for("api.openai.com") == "openai"

@@ -286,6 +286,7 @@ def test_healthcheck_fetches_metrics_and_fails_when_down() -> None:
 
 def test_cli_knows_the_dockerfile_flags() -> None:
     from click.testing import CliRunner
+
     from llmreel.cli.main import main  # a broken CLI must fail here, not skip
 
     result = CliRunner().invoke(main, ["serve", "--help"])
@@ -781,9 +782,10 @@ def test_promtool_accepts_dashboard_queries(tmp_path: Path) -> None:
 # The catalogue the dashboard is checked against matches what proxy/metrics.py registers
 # ------------------------------------------------------------------------------------------------
 def test_metric_catalogue_matches_proxy_metrics() -> None:
-    from llmreel.metering.metrics import Metrics
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics import MetricWrapperBase
+
+    from llmreel.metering.metrics import Metrics
 
     registry = CollectorRegistry()
     stats: Any = types.SimpleNamespace(size_bytes=1, entries=1)

@@ -14,8 +14,8 @@ import anthropic
 import httpx
 import openai
 import pytest
-from llmreel.cli.server import Reverse
 
+from llmreel.cli.reverse import Reverse
 from tests.conftest import ProxyThread, http_client
 from tests.fakeupstream import FakeUpstream
 from tests.test_badinput import requests_total

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+
 from llmreel.core.errors import offline_miss
 
 URL = "https://api.openai.com/v1/chat/completions"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from prometheus_client import CollectorRegistry
+
 from llmreel.core.exchange import Exchange
 from llmreel.metering.metrics import OTHER, LabelCap, Metrics
-from llmreel.providers.wire_apis import Endpoint, Usage
-from prometheus_client import CollectorRegistry
+from llmreel.providers import Endpoint, Usage
 
 CHAT = Endpoint("openai", "openai.chat", "chat", "openai")
 

@@ -30,11 +30,11 @@ from urllib.parse import urlencode
 import httpx
 import orjson
 import pytest
+
+from bench.soak import KINDS, audit_store, llm_body
 from llmreel.addons.recorder import Recorder
 from llmreel.storage.lmdbstore import LmdbStore
 from llmreel.storage.records import Recording
-
-from bench.soak import KINDS, audit_store, llm_body
 from tests.conftest import ProxyThread, http_client, wait_until
 from tests.fakeupstream import FakeUpstream
 from tests.test_badinput import (

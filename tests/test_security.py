@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
-from llmreel.cli.server import Reverse
 
+from llmreel.cli.reverse import Reverse
 from tests.conftest import ProxyThread, http_client
 from tests.fakeupstream import FakeUpstream
 from tests.test_badinput import (

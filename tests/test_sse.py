@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from llmreel.providers.sse import SSEEvent, SSEParser, looks_like_sse, parse_sse
 
 FIXTURES = Path(__file__).parent / "fixtures"

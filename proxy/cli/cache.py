@@ -18,14 +18,15 @@ from typing import Any
 
 import click
 
+from llmreel.cli.tables import print_table
 from llmreel.core.audit import Finding, find, find_bytes, line_of
+from llmreel.core.keys import request_digest
+from llmreel.core.timeparse import parse_duration
 from llmreel.storage.dirstore import DirStore, sync_export
 from llmreel.storage.export import dumps, to_export
-from llmreel.core.keys import request_digest
-from llmreel.storage.records import RecordError, Recording, pack, unpack
 from llmreel.storage.lmdbstore import LmdbStore, Store, StoreError, entry_key
+from llmreel.storage.records import RecordError, Recording, pack, unpack
 from llmreel.storage.stores import open_store, store_kind
-from llmreel.core.timeparse import parse_duration
 
 __all__ = ["cache", "parse_duration"]
 
@@ -160,15 +161,6 @@ def _url(request: dict[str, Any]) -> str:
     default = {"http": 80, "https": 443}.get(str(scheme))
     hostport = host if port in (None, default) else f"{host}:{port}"
     return f"{scheme}://{hostport}{request.get('path', '')}"
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = [headers, *rows]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-        for line in lines
-    )
 
 
 def _progress(items: Iterable[Recording], total: int, label: str) -> Iterator[Recording]:
@@ -348,8 +340,8 @@ def ls_command(store: str, namespace: str | None, as_json: bool) -> None:
         ]
         for r in rows
     ]
-    click.echo(_table(["KEY", "NAMESPACE", "MODEL", "REQUEST", "BODY", "BYTES", "RECORDED (UTC)"],
-                      table))  # fmt: skip
+    print_table(["KEY", "NAMESPACE", "MODEL", "REQUEST", "BODY", "BYTES", "RECORDED (UTC)"],
+                table)  # fmt: skip
 
 
 @cache.command("show")
@@ -429,7 +421,8 @@ def stats_command(store: str, as_json: bool) -> None:
         if not counts:
             continue
         rows = [[k, str(c[0]), str(c[1])] for k, c in sorted(counts.items())]
-        click.echo("\n" + _table([name.upper(), "ENTRIES", "BODY BYTES"], rows))
+        click.echo()
+        print_table([name.upper(), "ENTRIES", "BODY BYTES"], rows)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 import certifi
-from llmreel.providers.wire_apis import DEFAULT_HOSTS, HostMap
+
+from llmreel.providers import DEFAULT_HOSTS, HostMap
 
 if TYPE_CHECKING:
-    from llmreel.cli.server import Reverse
+    from llmreel.cli.reverse import Reverse
 
 CA_BASENAME = "mitmproxy"
 BUNDLE_NAME = "llmreel-ca-bundle.pem"
@@ -126,15 +127,6 @@ def base_url_env(
             f"reverse listener for {listener.upstream}: {why}."
         )
     return env, advice
-
-
-def host_map(items: Iterable[str]) -> HostMap:
-    """DEFAULT_HOSTS with `--provider-host HOST=PROVIDER` items layered over it (the addon
-    rejects malformed items when the proxy starts)."""
-    pairs = (item.partition("=") for item in items)
-    return DEFAULT_HOSTS.merged(
-        {host.strip(): name.strip() for host, sep, name in pairs if host.strip() and name.strip()}
-    )
 
 
 def export_lines(env: dict[str, str]) -> str:

@@ -10,23 +10,28 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+
 from llmreel.cli.cache import cache
 from llmreel.cli.config import apply_config, config_command
 from llmreel.cli.log import log as log_group
+from llmreel.cli.reverse import Reverse
 from llmreel.cli.server import (
     DEFAULT_CONFDIR,
     ProxyServer,
     ProxySettings,
-    Reverse,
     Running,
     StartupError,
 )
+from llmreel.core.ids import new_id
 from llmreel.core.modes import MODES
 from llmreel.core.wire import is_loopback
+from llmreel.engine.options import DEFAULT_MAX_RECORD_BYTES
 from llmreel.metering.report import RunReport
+from llmreel.providers import DEFAULT_HOSTS, parse_host_mappings
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("llmreel")
@@ -93,6 +98,10 @@ def proxy_options(default_port: int, default_metrics_port: int) -> Callable[[F],
             click.option("--max-age", default="", metavar="AGE",
                          help="Recordings older than AGE (30d, 12h) are recorded again in auto mode; "
                          "offline mode warns."),
+            click.option("--max-record-bytes", type=click.IntRange(1), default=DEFAULT_MAX_RECORD_BYTES,
+                         show_default=True, metavar="BYTES",
+                         help="Larger responses stream through to the client unrecorded (counted "
+                         "in llmreel_recordings_skipped_total)."),
             click.option("--proxy-auth", default=None, metavar="USER:PASS",
                          help="Require proxy authentication (needed to listen beyond loopback)."),
             click.option("--allow-remote", is_flag=True,
@@ -223,9 +232,11 @@ def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: boo
 
 
 async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunReport]:
-    from llmreel.cli.clientenv import base_url_env, client_env, host_map, write_bundle
+    from llmreel.cli.clientenv import base_url_env, client_env, write_bundle
 
     bundle = write_bundle(settings.confdir)
+    # Every exchange of this run is tagged with its id (the log, `log ls --run`, the UI).
+    settings.run_id = settings.run_id or new_id()
     server = ProxyServer(settings)
     server.recorder.report.detailed = True  # for the unused-recordings part of the report
     running = await _start(server)
@@ -233,10 +244,13 @@ async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunRep
     reverse = [
         (r, li.url) for r, li in zip(settings.reverse, _reverse_listeners(running), strict=False)
     ]
-    base_urls, advice = base_url_env(reverse, host_map(settings.hosts))
+    hosts = DEFAULT_HOSTS.merged(parse_host_mappings(settings.hosts))  # valid: the proxy started
+    base_urls, advice = base_url_env(reverse, hosts)
     for line in advice:
         click.echo(line, err=True)
     env = {**os.environ, **client_env(running.proxy_url, bundle, base_urls)}
+    env["LLMREEL_RUN_ID"] = settings.run_id
+    log.info("run id %s", settings.run_id)
     loop = asyncio.get_running_loop()
     try:
         proc = await asyncio.create_subprocess_exec(*command, env=env)
@@ -329,3 +343,18 @@ main.add_command(config_command)
 
 if __name__ == "__main__":
     main()
+
+
+@main.command("addon-path")
+def addon_path() -> None:
+    """Print the path of the mitmproxy addon, for plain mitmproxy tools.
+
+    \b
+        mitmdump -s "$(llmreel addon-path)" --set llmreel_store=.llmreel
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llmreel.addons.recorder")
+    if spec is None or spec.origin is None:
+        raise click.ClickException("the llmreel addon is not installed; reinstall llmreel")
+    click.echo(str(Path(spec.origin).resolve()))
