@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from llmreel.core.keys import DEFAULT_KEY_CONFIG, KeyConfig, canonical_request, request_digest
 
 BODY = {
@@ -72,6 +71,20 @@ def test_credential_query_parameters_are_not_keyed_but_others_are() -> None:
     assert key(query=[("alt", "sse"), ("key", "AIzaSECRET")]) == base
     assert key(query=[("key", "AIzaOTHER"), ("alt", "sse")]) == base
     assert key(query=[("alt", "json")]) != base
+
+
+@pytest.mark.parametrize(
+    "name", ["api_token", "subscription-key", "client_secret", "access-token", "X-Amz-Signature"]
+)
+def test_credentials_under_any_name_are_not_keyed(name: str) -> None:
+    base = key(query=[("alt", "sse")])
+    assert key(query=[("alt", "sse"), (name, "secret-one")]) == base
+    assert key(query=[(name, "secret-two"), ("alt", "sse")]) == base
+
+
+@pytest.mark.parametrize("name", ["max_tokens", "pageToken", "author", "design"])
+def test_parameters_that_only_resemble_credentials_are_keyed(name: str) -> None:
+    assert key(query=[(name, "1")]) != key(query=[(name, "2")])
 
 
 def test_query_order_does_not_matter() -> None:

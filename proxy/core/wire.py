@@ -6,7 +6,7 @@ import ipaddress
 import time
 from collections.abc import Callable, Iterable
 
-from llmreel.core.redact import is_secret_header
+from llmreel.core.credentials import is_secret_header
 
 #: Request headers that steer llmreel itself; removed before the request goes upstream.
 CONTROL_HEADER = "llmreel-cache"
