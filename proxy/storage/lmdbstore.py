@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Protocol
 
 import lmdb
-
 from llmreel.storage.records import SCHEMA_VERSION, RecordError, Recording, pack, unpack
 
 log = logging.getLogger(__name__)
@@ -85,6 +84,13 @@ def entry_key(namespace: str, key: str, seq: int = 0) -> bytes:
     # Namespace first so a namespace is one contiguous range; seq suffix only in sequence mode.
     suffix = f"\x00{seq:06d}" if seq else ""
     return f"{namespace}\x00{key}{suffix}".encode()
+
+
+def parse_entry_key(raw: bytes) -> tuple[str, str, int]:
+    """(namespace, key, seq) of an `entry_key`."""
+    namespace, _, rest = raw.decode("utf-8", "replace").partition("\x00")
+    key, _, seq = rest.partition("\x00")
+    return namespace, key, int(seq) if seq.isdigit() else 0
 
 
 def validate_namespace(namespace: str) -> str:
