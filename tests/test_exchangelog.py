@@ -16,10 +16,9 @@ from typing import Any
 
 import orjson
 import pytest
-
-from llmreel.log import record as logrecord
-from llmreel.providers.conversation import conversation
 from llmreel.core.exchange import Exchange, new_id
+from llmreel.core.redact import fingerprint, mask_headers, mask_query
+from llmreel.log import record as logrecord
 from llmreel.log.exchangelog import AmbiguousExchange, ExchangeLog, JsonlSink, UnknownExchange
 from llmreel.log.query import LogFilter, parse_duration, parse_when, percentile, stats
 from llmreel.log.record import (
@@ -31,9 +30,11 @@ from llmreel.log.record import (
     strip_bodies,
     unpack_record,
 )
+from llmreel.providers.conversation import conversation
 from llmreel.providers.wire_apis import classify, summarize
-from llmreel.core.redact import fingerprint, mask_headers, mask_query
 from llmreel.storage.lmdbstore import LmdbStore
+
+from tests.leaks import readable
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -297,7 +298,7 @@ def test_odd_bodies_never_raise(body: bytes, fmt: str | None) -> None:
         assert record["request_body_format"] == fmt
     packed = pack_exchange(ex)
     assert unpack_record(packed) == orjson.loads(orjson.dumps(record))
-    assert_no_secrets(packed, "a packed record")
+    assert_no_secrets(readable(packed), "a packed record")
     assert_no_secrets(orjson.dumps(record), "a record")
 
 
@@ -327,7 +328,7 @@ def test_keys_in_bodies_headers_url_and_errors_are_masked(kind: str) -> None:
     record = exchange_record(ex)
     blob = orjson.dumps(record)
     assert_no_secrets(blob, "the record")
-    assert_no_secrets(pack_exchange(ex), "the packed record")
+    assert_no_secrets(readable(pack_exchange(ex)), "the packed record")
     assert b"Bearer [redacted " in blob and b"[redacted " in blob
     if kind == "gemini-stream":
         assert "key=%5Bredacted" in record["url"]
