@@ -339,3 +339,21 @@ def test_audit_scans_the_log_database_and_plain_files(tmp_path: Path) -> None:
     assert f"{notes}:2:23: Google API key [redacted" in result.output
     (tmp_path / "clean.txt").write_text("Bearer [redacted 1a2b3c4d] risk-assessment-guidelines-v2")
     assert run("audit", str(tmp_path / "clean.txt")).exit_code == 0
+
+
+def test_audit_and_export_catch_credentials_in_old_recordings_query(tmp_path: Path) -> None:
+    # Recorded before `api_token` was known to name a credential: the key held it, and the
+    # recording's request still does. The value has no key shape; its name gives it away.
+    old = recording("hello")
+    old.request["query"] = [["alt", "sse"], ["api_token", "plainvalue0a1b2c3d4e"]]
+    old.key = request_digest(old.request)
+    path = tmp_path / "s"
+    with LmdbStore(path) as store:
+        store.put(old)
+    result = run("audit", "--store", str(path), ok=False)
+    assert f"default/{old.key}: request: credential in query parameter api_token" in result.output
+    assert "plainvalue" not in result.output
+    exported = run("export", str(tmp_path / "out"), "--store", str(path), ok=False)
+    assert exported.exit_code == 1 and "credential in query parameter api_token" in exported.output
+    fingerprint = result.output.split("[redacted ")[1].split("]")[0]
+    assert run("audit", "--store", str(path), "--allow", fingerprint).exit_code == 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from llmreel.core.audit import find
+from llmreel.core.audit import find, find_in_query
 from llmreel.core.keys import request_digest
 from llmreel.core.timeparse import parse_duration
 from llmreel.log.record import unpack_content
@@ -206,7 +206,8 @@ def export_command(directory: str, store: str, allow: tuple[str, ...]) -> None:
     allowed = frozenset(allow)
 
     def refuse(rec: Recording, data: bytes) -> str | None:
-        findings = find(data.decode("utf-8", "replace"), allowed)
+        findings = find_in_query(rec.request.get("query", []), allowed)
+        findings += find(data.decode("utf-8", "replace"), allowed)
         return ", ".join(sorted({str(f) for f in findings})) if findings else None
 
     with _opened(store) as source:

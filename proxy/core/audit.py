@@ -15,13 +15,13 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Buffer, Callable, Iterable
+from collections.abc import Buffer, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from llmreel.core.credentials import Hit, hits, hits_in_bytes
+from llmreel.core.credentials import Hit, hits, hits_in_bytes, is_secret_name
 from llmreel.core.redact import fingerprint, mask
 
-__all__ = ["Finding", "find", "find_bytes", "line_of"]
+__all__ = ["Finding", "find", "find_bytes", "find_in_query", "line_of"]
 
 # A credential starts at a boundary: not inside a longer word, slug or base64 run.
 _WORD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-+/")
@@ -61,6 +61,21 @@ def find_bytes(data: Buffer, allow: frozenset[str] = frozenset()) -> list[Findin
     """`find` over raw bytes (a database file): only the ASCII shapes can match, which is all."""
     view = memoryview(data).cast("B")
     return _findings(hits_in_bytes(view), lambda i: i > 0 and view[i - 1] in _WORD_BYTES, allow)
+
+
+def find_in_query(
+    query: Iterable[Sequence[str]], allow: frozenset[str] = frozenset()
+) -> list[Finding]:
+    """Values of a canonical request's query parameters named like credentials.
+
+    Keys leave such parameters out, but a recording made before a name was known to carry a
+    credential (`credentials.is_secret_name`) holds its value, whatever its shape.
+    """
+    return [
+        Finding(f"credential in query parameter {name}", mask(value), 0)
+        for name, value in query
+        if is_secret_name(name) and value and fingerprint(value) not in allow
+    ]
 
 
 def _findings(

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmreel.core.audit import Finding, find, find_bytes, line_of
+from llmreel.core.audit import Finding, find, find_bytes, find_in_query, line_of
 from llmreel.storage.compress import embedded
 from llmreel.storage.lmdbstore import LmdbStore, StoreError, parse_entry_key
 from llmreel.storage.records import RecordError, Recording, unpack
@@ -90,10 +90,14 @@ def _audit_lmdb(root: Path, allow: frozenset[str], decoders: Mapping[bytes, Deco
             count += 1
             entry = parse_entry_key(raw_key)
             try:
-                parts = _record_parts(unpack(value))
+                rec = unpack(value)
             except RecordError:
-                parts = [("undecodable entry", value.decode("utf-8", "replace"))]
-            for part, text in parts:
+                text = value.decode("utf-8", "replace")
+                leaks.extend(Leak(f, "undecodable entry", entry) for f in find(text, allow))
+                continue
+            query = find_in_query(rec.request.get("query", []), allow)
+            leaks.extend(Leak(f, "request", entry) for f in query)
+            for part, text in _record_parts(rec):
                 leaks.extend(Leak(f, part, entry) for f in find(text, allow))
         for db in (b"log", b"used", b"meta"):
             decode = decoders.get(db)
