@@ -63,6 +63,7 @@ METRICS: dict[str, MetricFamily] = {
     "llmreel_unpriced_requests_total": _fam("counter", "provider", "model"),
     "llmreel_upstream_errors_total": _fam("counter", "provider", "error_type"),
     "llmreel_store_write_errors_total": _fam("counter", "reason"),
+    "llmreel_recordings_skipped_total": _fam("counter", "reason"),
     "llmreel_store_size_bytes": _fam("gauge"),
     "llmreel_store_entries": _fam("gauge"),
     "llmreel_build_info": _fam("gauge", "version"),

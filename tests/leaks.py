@@ -10,7 +10,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import orjson
-from llmreel.log.record import MAGIC_RAW, unpack_content
+
+from llmreel.log.packing import MAGIC_RAW, unpack_content
 from llmreel.storage.lmdbstore import DATABASES, LmdbStore
 from llmreel.storage.records import MAGIC, unpack
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import orjson
 import pytest
-from llmreel.addons.recorder import Recorder
 from mitmproxy import connection
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow, tutils
 from prometheus_client import CollectorRegistry
 
+from llmreel.addons.recorder import Recorder
 from tests.leaks import leaks
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
@@ -77,8 +77,16 @@ async def exchange(recorder: Recorder, flow: Any, **response: Any) -> Any:
     await recorder.response(flow)
     assert recorder.store is not None
     recorder.store.flush(5)
-    await asyncio.sleep(0.01)  # let the commit callbacks run on this loop
+    await settled(recorder)
     return flow
+
+
+async def settled(recorder: Recorder, timeout: float = 5.0) -> None:
+    """Wait until the store's commit callbacks ran on this loop (every single flight ended)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len(recorder.engine.flights):
+        assert asyncio.get_running_loop().time() < deadline, "commit callbacks never ran"
+        await asyncio.sleep(0)
 
 
 def sample(recorder: Recorder, name: str, **labels: str) -> float:
@@ -287,19 +295,7 @@ async def test_hits_count_as_saved_not_billed(recorder: Recorder) -> None:
     )
 
 
-async def test_single_flight_waits_for_the_leader(recorder: Recorder) -> None:
-    leader = chat_flow()
-    await recorder.request(leader)
-    assert leader.response is None  # on its way upstream
-    follower = chat_flow()
-    waiting = asyncio.ensure_future(recorder.request(follower))
-    await asyncio.sleep(0.05)
-    assert not waiting.done()
-    upstream_response(leader)
-    recorder.responseheaders(leader)
-    await recorder.response(leader)
-    await asyncio.wait_for(waiting, 5)
-    assert follower.response.headers["llmreel-cache"] == "hit"
+# Single flight is tested in test_engine.py (engine) and test_singleflight.py (a real proxy).
 
 
 def test_bad_options_are_reported(recorder: Recorder) -> None:
@@ -325,7 +321,7 @@ async def test_sequence_mode_replays_occurrences_in_order_then_the_last(recorder
         flow = await exchange(recorder, chat_flow(), body={**CHAT_RESPONSE, "id": f"call-{n}"})
         assert flow.response.headers["llmreel-cache"] == "miss"
     configure(recorder, llmreel_mode="offline")
-    recorder._occurrences.clear()  # a new run
+    recorder.engine.new_run()
     ids = [json.loads((await exchange(recorder, chat_flow())).response.content)["id"] for _ in range(4)]
     assert ids == ["call-0", "call-1", "call-1", "call-1"]
 
@@ -376,7 +372,7 @@ async def test_hits_are_marked_used_and_reported(recorder: Recorder) -> None:
     assert report.used == {("default", key, 0)}
     report.find_unused([("default", key, 0), ("default", "old", 0)])
     assert report.unused == [("default", "old")]  # the two written now are not "unused"
-    recorder._flush_used()
+    recorder.engine.flush_used()
     store = recorder.store
     assert isinstance(store, LmdbStore)
     store.flush(5)

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+
 from llmreel.cli.cache import cache, parse_duration
 from llmreel.core.keys import canonical_request, request_digest
-from llmreel.log import record as logrecord
-from llmreel.log.record import pack_exchange
+from llmreel.log import packing
+from llmreel.log.packing import pack_exchange
 from llmreel.storage.dirstore import DirStore
 from llmreel.storage.export import MARKER_FILE, entry_path
 from llmreel.storage.lmdbstore import LmdbStore, entry_key
 from llmreel.storage.records import Recording
-
 from tests.test_exchangelog import OPENAI_KEY, make_exchange
 from tests.test_export import FIXTURES, SSE, event_chunks
 
@@ -317,7 +317,7 @@ def test_audit_reports_secrets_left_in_freed_pages(tmp_path: Path, size: str) ->
 def test_audit_reads_compressed_log_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A log record written before its key's shape was known to the scrubber, as an older
     # llmreel would have: the body is compressed, so only a decompressing audit sees the key.
-    monkeypatch.setattr(logrecord, "scrub_text", lambda text: text)
+    monkeypatch.setattr(packing, "scrub_text", lambda text: text)
     ex = make_exchange("openai-chat", request_body=f"{'padding ' * 200} {OPENAI_KEY}".encode())
     value = pack_exchange(ex)
     assert OPENAI_KEY.encode() not in value

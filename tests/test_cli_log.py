@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 from llmreel.cli.log import log
 from llmreel.core.exchange import Exchange
 from llmreel.log.exchangelog import ExchangeLog
-from llmreel.log.record import unpack_record
+from llmreel.log.packing import unpack_record
 from llmreel.storage.lmdbstore import LmdbStore
 from tests.test_exchangelog import (
     KINDS,
@@ -458,7 +458,7 @@ def test_tail_stops_quietly_on_ctrl_c(session: tuple[str, dict[str, Exchange]]) 
 
 def test_no_secret_anywhere(session: tuple[str, dict[str, Exchange]], tmp_path: Path) -> None:
     """Each test above fed OUTPUTS; this one adds the JSONL sink and checks the store now."""
-    from llmreel.log.exchangelog import JsonlSink
+    from llmreel.log.jsonl import JsonlSink
 
     store, exchanges = session
     sink_path = tmp_path / "log.jsonl"

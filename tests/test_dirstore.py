@@ -11,8 +11,8 @@ import pytest
 
 from llmreel.storage.dirstore import DirStore, sync_export
 from llmreel.storage.export import MARKER_FILE, entry_path
-from llmreel.storage.records import Recording
 from llmreel.storage.lmdbstore import LmdbStore, StoreError
+from llmreel.storage.records import Recording
 from llmreel.storage.stores import open_store, store_kind
 from tests.test_export import FIXTURES, SSE, event_chunks, make
 

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from llmreel.cli.server import Reverse
+from llmreel.cli.reverse import Reverse
 from tests.conftest import ProxyThread, http_client
 from tests.fakeupstream import FakeUpstream
 

@@ -16,24 +16,18 @@ from typing import Any
 
 import orjson
 import pytest
-from llmreel.core.exchange import Exchange, new_id
+
+from llmreel.core.exchange import Exchange
+from llmreel.core.ids import id_floor, id_time, new_id
 from llmreel.core.redact import fingerprint, mask_headers, mask_query
 from llmreel.log import record as logrecord
-from llmreel.log.exchangelog import AmbiguousExchange, ExchangeLog, JsonlSink, UnknownExchange
+from llmreel.log.exchangelog import AmbiguousExchange, ExchangeLog, UnknownExchange
+from llmreel.log.jsonl import JsonlSink
+from llmreel.log.packing import LogRecordError, pack_exchange, unpack_record
 from llmreel.log.query import LogFilter, parse_duration, parse_when, percentile, stats
-from llmreel.log.record import (
-    LogRecordError,
-    exchange_record,
-    id_floor,
-    id_time,
-    pack_exchange,
-    strip_bodies,
-    unpack_record,
-)
-from llmreel.providers.conversation import conversation
-from llmreel.providers.wire_apis import classify, summarize
+from llmreel.log.record import exchange_record, strip_bodies
+from llmreel.providers import classify, conversation, summarize
 from llmreel.storage.lmdbstore import LmdbStore
-
 from tests.leaks import readable
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from llmreel.core.keys import DEFAULT_KEY_CONFIG, KeyConfig, canonical_request, request_digest
 
 BODY = {

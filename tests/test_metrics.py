@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from llmreel.core.exchange import Exchange
 from llmreel.metering.metrics import DURATION_BUCKETS, OTHER, TOKEN_BUCKETS, LabelCap, Metrics
-from llmreel.providers.wire_apis import Endpoint, Usage
+from llmreel.providers import Endpoint, Usage
 
 CHAT = Endpoint("openai", "openai.chat", "chat", "openai")
 

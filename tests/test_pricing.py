@@ -14,7 +14,7 @@ from genai_prices import types as gp
 
 from llmreel.metering import pricing
 from llmreel.metering.pricing import ModelPrice, Pricer, load_overrides
-from llmreel.providers.wire_apis import Endpoint, Usage, summarize
+from llmreel.providers import Endpoint, Usage, summarize
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from llmreel.core.audit import find
 from llmreel.core.credentials import is_secret_header, is_secret_name
 from llmreel.core.redact import (
@@ -166,3 +167,8 @@ def test_credential_of_finds_the_api_key_wherever_it_is() -> None:
     assert credential_of([], [("key", "AIza1")]) == "AIza1"
     assert credential_of([], [("subscription-key", "azure1")]) == "azure1"
     assert credential_of([("accept", "x")], [("alt", "sse")]) is None
+
+
+def test_key_prefixes_echoed_in_error_messages_are_masked() -> None:
+    message = "Incorrect API key provided: sk-proj-Zq8xT3vB7nM2****************wxyz."
+    assert "Zq8xT3vB7nM2" not in scrub_text(message)

@@ -31,10 +31,10 @@ import httpx
 import orjson
 import pytest
 
-from llmreel.addons.recorder import Recorder
 from bench.soak import KINDS, audit_store, llm_body
-from llmreel.storage.records import Recording
+from llmreel.addons.recorder import Recorder
 from llmreel.storage.lmdbstore import LmdbStore
+from llmreel.storage.records import Recording
 from tests.conftest import ProxyThread, http_client
 from tests.fakeupstream import FakeUpstream
 from tests.test_badinput import (

@@ -21,10 +21,10 @@ from typing import Any
 
 import httpx
 import pytest
-from llmreel.cli.server import Reverse
-from llmreel.log.record import pack_exchange
-from llmreel.storage.lmdbstore import LmdbStore
 
+from llmreel.cli.reverse import Reverse
+from llmreel.log.packing import pack_exchange
+from llmreel.storage.lmdbstore import LmdbStore
 from tests.conftest import ProxyThread, http_client
 from tests.fakeupstream import FakeUpstream
 from tests.leaks import leaks

@@ -10,8 +10,8 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from llmreel.storage.records import RecordError, Recording, pack, unpack
 from llmreel.storage.lmdbstore import LmdbStore, StoreError
+from llmreel.storage.records import RecordError, Recording, pack, unpack
 
 
 def rec(key: str = "k1", namespace: str = "default", body: bytes = b'{"ok":true}', **kw: object) -> Recording:

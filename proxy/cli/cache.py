@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from llmreel.cli.tables import print_table
 from llmreel.core.audit import find, find_in_query
 from llmreel.core.keys import request_digest
 from llmreel.core.timeparse import parse_duration
-from llmreel.log.record import unpack_content
+from llmreel.log.packing import unpack_content
 from llmreel.storage.audit import audit
 from llmreel.storage.dirstore import DirStore, sync_export
 from llmreel.storage.export import dumps, to_export
@@ -154,15 +156,6 @@ def _url(request: dict[str, Any]) -> str:
     default = {"http": 80, "https": 443}.get(str(scheme))
     hostport = host if port in (None, default) else f"{host}:{port}"
     return f"{scheme}://{hostport}{request.get('path', '')}"
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = [headers, *rows]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-        for line in lines
-    )
 
 
 def _progress(items: Iterable[Recording], total: int, label: str) -> Iterator[Recording]:
@@ -343,8 +336,8 @@ def ls_command(store: str, namespace: str | None, as_json: bool) -> None:
         ]
         for r in rows
     ]
-    click.echo(_table(["KEY", "NAMESPACE", "MODEL", "REQUEST", "BODY", "BYTES", "RECORDED (UTC)"],
-                      table))  # fmt: skip
+    print_table(["KEY", "NAMESPACE", "MODEL", "REQUEST", "BODY", "BYTES", "RECORDED (UTC)"],
+                table)  # fmt: skip
 
 
 @cache.command("show")
@@ -424,7 +417,8 @@ def stats_command(store: str, as_json: bool) -> None:
         if not counts:
             continue
         rows = [[k, str(c[0]), str(c[1])] for k, c in sorted(counts.items())]
-        click.echo("\n" + _table([name.upper(), "ENTRIES", "BODY BYTES"], rows))
+        click.echo()
+        print_table([name.upper(), "ENTRIES", "BODY BYTES"], rows)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import certifi
 
 if TYPE_CHECKING:
-    from llmreel.cli.server import Reverse
+    from llmreel.cli.reverse import Reverse
 
 CA_BASENAME = "mitmproxy"
 BUNDLE_NAME = "llmreel-ca-bundle.pem"

@@ -15,12 +15,20 @@ from typing import Any, TypeVar
 import click
 
 from llmreel.cli.cache import cache
-from llmreel.cli.log import log as log_group
 from llmreel.cli.config import apply_config, config_command
+from llmreel.cli.log import log as log_group
+from llmreel.cli.reverse import Reverse
+from llmreel.cli.server import (
+    DEFAULT_CONFDIR,
+    ProxyServer,
+    ProxySettings,
+    Running,
+    StartupError,
+)
 from llmreel.core.modes import MODES
-from llmreel.metering.report import RunReport
-from llmreel.cli.server import DEFAULT_CONFDIR, ProxyServer, ProxySettings, Reverse, Running, StartupError
 from llmreel.core.wire import is_loopback
+from llmreel.engine.options import DEFAULT_MAX_RECORD_BYTES
+from llmreel.metering.report import RunReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("llmreel")
@@ -87,6 +95,10 @@ def proxy_options(default_port: int, default_metrics_port: int) -> Callable[[F],
             click.option("--max-age", default="", metavar="AGE",
                          help="Recordings older than AGE (30d, 12h) are recorded again in auto mode; "
                          "offline mode warns."),
+            click.option("--max-record-bytes", type=click.IntRange(1), default=DEFAULT_MAX_RECORD_BYTES,
+                         show_default=True, metavar="BYTES",
+                         help="Larger responses stream through to the client unrecorded (counted "
+                         "in llmreel_recordings_skipped_total)."),
             click.option("--proxy-auth", default=None, metavar="USER:PASS",
                          help="Require proxy authentication (needed to listen beyond loopback)."),
             click.option("--allow-remote", is_flag=True,

@@ -103,7 +103,8 @@ SHAPES: tuple[Shape, ...] = (
     Shape("Anthropic API key", r"sk-ant-[a-z]+\d*-[A-Za-z0-9_\-]{20,}", ("sk-",)),
     Shape("OpenRouter API key", r"sk-or-v1-[a-f0-9]{32,}", ("sk-",)),
     Shape("OpenAI API key", r"sk-(?:proj|svcacct|admin|None)-[A-Za-z0-9_\-]{20,}", ("sk-",)),
-    Shape("OpenAI-style secret key", r"sk-[A-Za-z0-9_\-]{20,}", ("sk-",), generic=True),
+    # 16, not 20: error messages echo a key's first characters (`sk-proj-Zq8xT3vB7nM2****`).
+    Shape("OpenAI-style secret key", r"sk-[A-Za-z0-9_\-]{16,}", ("sk-",), generic=True),
     Shape("Google API key", r"AIza[0-9A-Za-z_\-]{30,}", ("AIza",)),
     Shape("Groq API key", r"gsk_[A-Za-z0-9]{20,}", ("gsk_",)),
     Shape("xAI API key", r"xai-[A-Za-z0-9]{20,}", ("xai-",)),

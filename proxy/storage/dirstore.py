@@ -35,8 +35,8 @@ from llmreel.storage.export import (
     parse_entry_path,
     to_export,
 )
-from llmreel.storage.records import Recording
 from llmreel.storage.lmdbstore import StoreError, StoreStats, entry_key, validate_namespace
+from llmreel.storage.records import Recording
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 import lmdb
+
 from llmreel.storage.records import SCHEMA_VERSION, RecordError, Recording, pack, unpack
 
 log = logging.getLogger(__name__)
