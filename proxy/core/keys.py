@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from llmreel.core.redact import is_secret_query_param
+from llmreel.core.credentials import is_secret_name
 
 #: Request headers that change what the upstream does, and so belong in the key.
 DEFAULT_KEY_HEADERS = frozenset(
@@ -154,7 +154,7 @@ def canonical_request(
         "host": host.lower().rstrip("."),
         "port": port or _DEFAULT_PORTS.get(scheme, 0),
         "path": path,
-        "query": sorted([k, v] for k, v in query if not is_secret_query_param(k)),
+        "query": sorted([k, v] for k, v in query if not is_secret_name(k)),
         "headers": kept_headers,
         "body": canonical_body(body, config)
         if parsed_body is None

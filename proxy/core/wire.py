@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable, Iterable
 from urllib.parse import urlencode
 
-from llmreel.core.redact import is_secret_header, mask_query
+from llmreel.core.credentials import is_secret_header
+from llmreel.core.redact import mask_query
 
 #: Request headers that steer llmreel itself; removed before the request goes upstream.
 CONTROL_HEADER = "llmreel-cache"

@@ -87,6 +87,13 @@ def entry_key(namespace: str, key: str, seq: int = 0) -> bytes:
     return f"{namespace}\x00{key}{suffix}".encode()
 
 
+def parse_entry_key(raw: bytes) -> tuple[str, str, int]:
+    """(namespace, key, seq) of an `entry_key`."""
+    namespace, _, rest = raw.decode("utf-8", "replace").partition("\x00")
+    key, _, seq = rest.partition("\x00")
+    return namespace, key, int(seq) if seq.isdigit() else 0
+
+
 def validate_namespace(namespace: str) -> str:
     if not namespace or len(namespace) > 200 or "\x00" in namespace:
         raise ValueError("a namespace is 1 to 200 characters, without NUL")
