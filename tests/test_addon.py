@@ -125,7 +125,7 @@ async def test_changed_prompt_is_a_new_recording(recorder: Recorder) -> None:
 async def test_offline_miss_is_a_clear_non_retryable_error(recorder: Recorder) -> None:
     configure(recorder, llmreel_mode="offline")
     flow = await exchange(recorder, chat_flow())
-    assert flow.response.status_code == 404
+    assert flow.response.status_code == 412
     assert flow.response.headers["x-should-retry"] == "false"
     assert flow.response.headers["llmreel-cache"] == "offline_miss"
     error = json.loads(flow.response.content)["error"]
@@ -197,7 +197,7 @@ async def test_refresh_overwrites(recorder: Recorder) -> None:
 
 async def test_only_serves_or_fails_without_network(recorder: Recorder) -> None:
     flow = await exchange(recorder, chat_flow(headers={"llmreel-cache": "only"}))
-    assert flow.response.status_code == 404
+    assert flow.response.status_code == 412
 
 
 async def test_unknown_control_value_is_rejected_with_the_valid_ones(recorder: Recorder) -> None:

@@ -107,7 +107,8 @@ def test_run_sets_up_the_environment_and_returns_the_exit_code(
         reply = client.chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{{"role": "user", "content": "from a child"}}])
         names = ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "SSL_CERT_FILE",
-                 "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "NO_PROXY"]
+                 "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "NO_PROXY",
+                 "LLMREEL_RUN_ID"]
         print(json.dumps({{"cache": reply.headers["llmreel-cache"], "env": {{n: os.environ.get(n) for n in names}}}}))
         sys.exit(3)
     """))
@@ -123,6 +124,13 @@ def test_run_sets_up_the_environment_and_returns_the_exit_code(
     bundles = {report["env"][n] for n in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")}
     assert bundles == {str(confdir / "llmreel-ca-bundle.pem")}
     assert report["env"]["NO_PROXY"] == ""
+    # The run's id: given to the child, named in the report, and on every exchange it logged.
+    run_id = report["env"]["LLMREEL_RUN_ID"]
+    assert re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{26}", run_id)
+    assert f"(run {run_id})" in result.stderr
+    logged = subprocess.run([LLMREEL, "log", "ls", "--store", str(tmp_path / "store"), "--json"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert [json.loads(line)["run"] for line in logged.stdout.splitlines()] == [run_id]
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert json.loads(again.stdout.strip().splitlines()[-1])["cache"] == "hit"

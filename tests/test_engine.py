@@ -286,3 +286,15 @@ async def test_session_header_and_run_id_tag_the_exchange(engine: Engine) -> Non
     assert (seen[0].session, seen[0].run) == ("checkout-agent-7", "01RUN")
     untagged = engine.begin(head())
     assert isinstance(untagged, FlowState) and untagged.session == ""
+
+
+async def test_a_miss_the_upstream_failed_is_not_reported_as_recorded(engine: Engine) -> None:
+    state = begin(engine)
+    assert await engine.decide(state) is None
+    engine.finish(state, ResponseInfo(500, JSON_HEADERS, b'{"error": {"message": "boom"}}'))
+    ok = begin(engine, {**CHAT, "temperature": 0})
+    assert await engine.decide(ok) is None
+    engine.finish(ok, ResponseInfo(200, JSON_HEADERS, json.dumps(CHAT_RESPONSE).encode()))
+    await settle(engine)
+    assert (engine.report.new, engine.report.failed) == (1, 1)
+    assert "1 recorded" in engine.report.render()

@@ -239,6 +239,7 @@ async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunRep
     settings.run_id = settings.run_id or new_id()
     server = ProxyServer(settings)
     server.recorder.report.detailed = True  # for the unused-recordings part of the report
+    server.recorder.report.run_id = settings.run_id
     running = await _start(server)
     log.info("%s", running.summary())
     reverse = [

@@ -107,7 +107,7 @@ class Accountant:
         self.metrics.observe(exchange)
         if exchange.cache in ("miss", "offline_miss"):
             self.report.miss(Miss(exchange.method, exchange.url, state.key, state.namespace,
-                                  exchange.cache, state.explanation))  # fmt: skip
+                                  exchange.cache, state.explanation, recorded=exchange.recorded))  # fmt: skip
         elif exchange.status is None:
             self.report.errors += 1
         for sink in self.sinks:

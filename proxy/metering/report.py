@@ -27,6 +27,8 @@ class Miss:
 class RunReport:
     """Counts cache outcomes as exchanges finish; `render` turns them into text."""
 
+    run_id: str = ""
+    """The run's id (`llmreel run`): its exchanges carry it in the log (`log ls --run`)."""
     hits: int = 0
     misses: list[Miss] = field(default_factory=list)
     """The first `KEEP` misses, in order (a long-running proxy must not keep them all)."""
@@ -102,6 +104,7 @@ class RunReport:
             + f"{self.refused} offline miss(es), {self.written} recording(s) written"
             + (f", {self.write_failures} NOT written" if self.write_failures else "")
             + (f", {len(self.unused)} unused" if self.unused else "")
+            + (f" (run {self.run_id})" if self.run_id else "")
         ]
         for m in self.misses[:limit]:
             label = "MISS" if m.outcome == "offline_miss" else "new" if m.recorded else "failed"
