@@ -298,3 +298,45 @@ async def test_a_miss_the_upstream_failed_is_not_reported_as_recorded(engine: En
     await settle(engine)
     assert (engine.report.new, engine.report.failed) == (1, 1)
     assert "1 recorded" in engine.report.render()
+
+
+# --- budgets ----------------------------------------------------------------------------------
+
+
+async def test_a_budget_stops_a_loop_after_the_budgets_worth_of_calls(engine: Engine) -> None:
+    # Each call costs 9 input and 3 output gpt-4o-mini tokens: $3.15e-06 at $0.15/$0.60 per M.
+    engine.configure({"llmreel_budget_usd": "0.00001"}, {"llmreel_budget_usd"})
+    upstream = Upstream(engine, json.dumps(CHAT_RESPONSE).encode(), JSON_HEADERS)
+    upstream.release.set()
+    refused: list[ErrorReply] = []
+    for n in range(10):  # a runaway agent loop: every prompt new
+        state = begin(engine, {**CHAT, "messages": [{"role": "user", "content": f"step {n}"}]})
+        answer = await engine.decide(state)
+        if isinstance(answer, ErrorReply):
+            refused.append(answer)
+            engine.finish(state, ResponseInfo(answer.status, list(answer.headers), answer.body))
+            continue
+        assert answer is None
+        upstream.calls += 1
+        engine.finish(state, ResponseInfo(200, JSON_HEADERS, upstream.body))
+    await settle(engine)
+    assert upstream.calls == 4  # $9.45e-06 after three calls is under the budget; $1.26e-05 is not
+    assert len(refused) == 6 and {r.status for r in refused} == {402}
+    assert b"$0.0000" in refused[0].body and b"--budget-usd" in refused[0].body
+    assert ("x-should-retry", "false") in refused[0].headers
+    # Hits are free and keep working.
+    again = begin(engine, {**CHAT, "messages": [{"role": "user", "content": "step 0"}]})
+    assert isinstance(await engine.decide(again), Recording)
+    assert sample(engine, "llmreel_spend_usd") == pytest.approx(4 * 3.15e-06)
+    assert sample(engine, "llmreel_budget_usd") == 0.00001
+    assert sample(engine, "llmreel_budget_refusals_total") == 6
+    assert "spent $0.0000 of a $0.0000 budget; 6 call(s) refused" in engine.report.render()
+
+
+def test_a_budget_must_be_an_amount(engine: Engine) -> None:
+    from llmreel.engine import ConfigError
+
+    with pytest.raises(ConfigError, match="llmreel_budget_usd: 'lots' is not an amount"):
+        engine.configure({"llmreel_budget_usd": "lots"}, {"llmreel_budget_usd"})
+    engine.configure({"llmreel_budget_usd": "$2.50"}, {"llmreel_budget_usd"})
+    assert engine.budget_usd == 2.5

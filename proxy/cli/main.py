@@ -98,6 +98,9 @@ def proxy_options(default_port: int, default_metrics_port: int) -> Callable[[F],
             click.option("--max-age", default="", metavar="AGE",
                          help="Recordings older than AGE (30d, 12h) are recorded again in auto mode; "
                          "offline mode warns."),
+            click.option("--budget-usd", default="", metavar="USD", envvar="LLMREEL_BUDGET_USD",
+                         help="Refuse upstream calls once this many dollars were spent since start "
+                         "(cache hits keep working). Default: no budget."),
             click.option("--max-record-bytes", type=click.IntRange(1), default=DEFAULT_MAX_RECORD_BYTES,
                          show_default=True, metavar="BYTES",
                          help="Larger responses stream through to the client unrecorded (counted "

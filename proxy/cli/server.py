@@ -54,6 +54,7 @@ class ProxySettings:
     max_age: str = ""
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     run_id: str = ""
+    budget_usd: str = ""
     proxy_auth: str | None = None
     sets: Sequence[str] = ()
     """Raw mitmproxy `NAME=VALUE` options, applied last."""
@@ -140,6 +141,7 @@ class ProxyServer:
                 llmreel_max_age=s.max_age,
                 llmreel_max_record_bytes=s.max_record_bytes,
                 llmreel_run_id=s.run_id,
+                llmreel_budget_usd=s.budget_usd,
             )
             if s.proxy_auth:
                 master.options.update(proxyauth=s.proxy_auth)

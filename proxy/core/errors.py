@@ -17,6 +17,9 @@ import orjson
 #: into "model not found" and send the user looking at the model name.
 MISS_STATUS = 412
 BAD_REQUEST_STATUS = 400
+#: Status of a call refused because the run's budget is spent: "Payment Required". No SDK retries
+#: it, and none maps it to a misleading class (OpenAI and Anthropic raise their generic error).
+BUDGET_STATUS = 402
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +60,12 @@ def offline_miss(
         "and network access."
     )
     return error_reply(api, MISS_STATUS, message, "llmreel_cache_miss")
+
+
+def budget_spent(api: str | None, spent_usd: float, budget_usd: float) -> ErrorReply:
+    message = (
+        f"llmreel budget spent: this proxy has spent ${spent_usd:.4f} upstream, past its budget "
+        f"of ${budget_usd:.4f} (--budget-usd), so the request was not sent. Recorded calls are "
+        "still replayed. Raise --budget-usd, or restart the proxy to start counting again."
+    )
+    return error_reply(api, BUDGET_STATUS, message, "llmreel_budget_exceeded")

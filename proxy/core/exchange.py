@@ -9,7 +9,11 @@ if TYPE_CHECKING:
     from llmreel.core.calls import Endpoint, ResponseSummary, Usage
 
 #: Cache outcomes, as they appear in the `llmreel-cache` response header, metrics and the log.
-CACHE_OUTCOMES = ("hit", "miss", "bypass", "refresh", "offline_miss", "passthrough")
+CACHE_OUTCOMES = (
+    "hit", "miss", "bypass", "refresh", "offline_miss", "passthrough", "budget_refused",
+)  # fmt: skip
+#: Outcomes llmreel answered itself, without calling (or billing) the upstream.
+UNBILLED = frozenset({"hit", "offline_miss", "budget_refused"})
 
 
 @dataclass(slots=True)
@@ -66,4 +70,4 @@ class Exchange:
     @property
     def billed(self) -> bool:
         """Whether the upstream was called (and so billed) for this exchange."""
-        return self.cache not in ("hit", "offline_miss")
+        return self.cache not in UNBILLED

@@ -47,6 +47,8 @@ class Accountant:
         self.sinks: list[Callable[[Exchange], None]] = []
         self.run = ""
         """The run id every exchange is tagged with (`llmreel run`), or empty."""
+        self.spent_usd = 0.0
+        """US dollars billed upstream since start, as priced here."""
         self._unpriced_warned: BoundedSet[tuple[str, str]] = BoundedSet(UNPRICED_WARN_CAP)
 
     def account(self, state: FlowState, out: Outcome) -> Exchange:
@@ -62,6 +64,9 @@ class Accountant:
         if state.outcome == "offline_miss" and error is None:
             error = f"llmreel cache miss (offline). {state.explanation}".strip()
             error_type = "offline_miss"
+        elif state.outcome == "budget_refused" and error is None:
+            error = "llmreel budget spent (--budget-usd): the request was not sent"
+            error_type = "budget_exceeded"
         model = out.response_model or state.model
         cost = None
         if out.usage is not None:
@@ -104,6 +109,10 @@ class Accountant:
             session=state.session,
             run=self.run,
         )
+        if cost is not None and exchange.billed:
+            self.spent_usd += cost
+            self.metrics.spend.set(self.spent_usd)
+            self.report.spent_usd = self.spent_usd
         self.metrics.observe(exchange)
         if exchange.cache in ("miss", "offline_miss"):
             self.report.miss(Miss(exchange.method, exchange.url, state.key, state.namespace,

@@ -25,7 +25,13 @@ from prometheus_client import CollectorRegistry
 
 from llmreel.core.bounded import BoundedCounter, BoundedSet
 from llmreel.core.diff import explain
-from llmreel.core.errors import BAD_REQUEST_STATUS, ErrorReply, error_reply, offline_miss
+from llmreel.core.errors import (
+    BAD_REQUEST_STATUS,
+    ErrorReply,
+    budget_spent,
+    error_reply,
+    offline_miss,
+)
 from llmreel.core.failures import failure_type
 from llmreel.core.keys import KeyConfig, canonical_request, parse_body, request_digest
 from llmreel.core.lookup import Found, lookup
@@ -133,6 +139,7 @@ class Engine:
         self.explain_misses = False
         self.max_age_s: float | None = None
         self.max_record_bytes: int = DEFAULTS["llmreel_max_record_bytes"]
+        self.budget_usd: float | None = None
         self.exchange_log: ExchangeLog | None = None
         self.jsonl: JsonlSink | None = None
         self._used: UsedTimes | None = None
@@ -205,6 +212,18 @@ class Engine:
             if int(v["llmreel_max_record_bytes"]) <= 0:
                 raise ConfigError("llmreel_max_record_bytes: must be a positive number of bytes")
             self.max_record_bytes = int(v["llmreel_max_record_bytes"])
+        if "llmreel_budget_usd" in updated:
+            raw = str(v["llmreel_budget_usd"]).strip().lstrip("$")
+            try:
+                budget = float(raw) if raw else None
+            except ValueError:
+                budget = -1.0
+            if budget is not None and not budget >= 0:
+                raise ConfigError(f"llmreel_budget_usd: {raw!r} is not an amount of US dollars, e.g. 5 or 0.50")
+            self.budget_usd = budget
+            self.report.budget_usd = budget
+            if budget is not None:
+                self.metrics.budget.set(budget)
         if "llmreel_run_id" in updated:
             self.accountant.run = str(v["llmreel_run_id"])[:64]
         if "llmreel_ignore_fields" in updated:
@@ -353,6 +372,9 @@ class Engine:
                     break
         if not state.plan.forward:
             return await self._refuse(state)
+        if self.budget_usd is not None and self.accountant.spent_usd >= self.budget_usd:
+            state.release(False)
+            return self._over_budget(state)
         if state.plan.record and state.lease is None and not state.plan.lookup:
             state.lease = self.flights.lead(state.flight)
         try:
@@ -364,6 +386,18 @@ class Engine:
         state.outcome = state.plan.outcome
         state.forwarded_at = self._clock()
         return None
+
+    def _over_budget(self, state: FlowState) -> ErrorReply:
+        assert self.budget_usd is not None
+        state.outcome = "budget_refused"
+        spent = self.accountant.spent_usd
+        self.report.budget_refusals += 1
+        self.metrics.budget_refusals.inc()
+        log.warning(
+            "budget spent ($%.4f of $%.4f): refused %s %s", spent, self.budget_usd, state.method,
+            state.url,
+        )  # fmt: skip
+        return budget_spent(state.endpoint.api, spent, self.budget_usd)
 
     async def _lookup(self, state: FlowState) -> Recording | None:
         store = self.store

@@ -90,6 +90,11 @@ OPTIONS: tuple[Option, ...] = (
         "again; offline mode serves them with a warning. Empty: no limit.",
     ),
     Option(
+        "llmreel_budget_usd", str, "",
+        "Stop calling upstream once this many US dollars were spent since start (priced as the "
+        "metrics price it); cache hits keep working. Empty: no budget.",
+    ),
+    Option(
         "llmreel_run_id", str, "",
         "Tag every logged exchange with this run id (`llmreel run` sets a fresh one); "
         "`llmreel log ls --run ID` finds them.",

@@ -159,6 +159,21 @@ class Metrics:
         )
         for reason in SKIP_REASONS:
             self.recordings_skipped.labels(reason)
+        self.spend = Gauge(
+            "llmreel_spend_usd",
+            "US dollars billed upstream since this proxy started (what --budget-usd counts).",
+            registry=r,
+        )
+        self.budget = Gauge(
+            "llmreel_budget_usd",
+            "The spending limit set with --budget-usd (absent when there is none).",
+            registry=r,
+        )
+        self.budget_refusals = Counter(
+            "llmreel_budget_refusals",
+            "Upstream calls refused because the budget was spent.",
+            registry=r,
+        )
         self.build_info = Gauge(
             "llmreel_build_info", "llmreel build information.", ["version"], registry=r
         )

@@ -30,6 +30,10 @@ class RunReport:
     run_id: str = ""
     """The run's id (`llmreel run`): its exchanges carry it in the log (`log ls --run`)."""
     hits: int = 0
+    spent_usd: float = 0.0
+    """US dollars billed upstream during the run."""
+    budget_usd: float | None = None
+    budget_refusals: int = 0
     misses: list[Miss] = field(default_factory=list)
     """The first `KEEP` misses, in order (a long-running proxy must not keep them all)."""
     new: int = 0
@@ -106,6 +110,11 @@ class RunReport:
             + (f", {len(self.unused)} unused" if self.unused else "")
             + (f" (run {self.run_id})" if self.run_id else "")
         ]
+        if self.budget_usd is not None:
+            lines.append(
+                f"  spent ${self.spent_usd:.4f} of a ${self.budget_usd:.4f} budget"
+                + (f"; {self.budget_refusals} call(s) refused" if self.budget_refusals else "")
+            )
         for m in self.misses[:limit]:
             label = "MISS" if m.outcome == "offline_miss" else "new" if m.recorded else "failed"
             lines.append(f"  {label} {m.method} {m.url} key={m.key} namespace={m.namespace}")
