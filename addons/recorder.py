@@ -104,11 +104,9 @@ class Recorder:
     # --- the offline guarantee ----------------------------------------------------------------
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        if self.engine.offline:
-            address = data.server.address
-            data.server.error = self.engine.refusal(
-                f"{address[0]}:{address[1]}" if address else "the upstream"
-            )
+        host, port = data.server.address or ("", 0)
+        if not self.engine.allows_connection(host, port):
+            data.server.error = self.engine.refusal(f"{host}:{port}" if host else "the upstream")
 
     # --- one flow -----------------------------------------------------------------------------
 
@@ -128,7 +126,13 @@ class Recorder:
             return
         flow.metadata[META] = state
         answer = await self.engine.decide(state)
-        if isinstance(answer, Recording):
+        if isinstance(answer, Recording) and self.engine.paced(answer):
+            # Paced replay: the pacer on loopback answers, and mitmproxy streams it through.
+            assert self.engine.pacer is not None
+            host, port = await self.engine.pacer.address()
+            state.paced = True
+            req.url = f"http://{host}:{port}{self.engine.pacer.register(answer, state.key)}"
+        elif isinstance(answer, Recording):
             flow.response = http.Response.make(
                 answer.status, answer.body, tagged_headers(answer.headers, "hit", state.key)
             )
@@ -143,6 +147,9 @@ class Recorder:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state: FlowState | None = flow.metadata.get(META)
         resp = flow.response
+        if state is not None and state.paced and resp is not None:
+            resp.stream = True  # chunks reach the client as the pacer sends them
+            return
         if state is None or resp is None or state.replay is not None or state.forwarded_at is None:
             return
         resp.headers[CACHE_HEADER] = state.outcome

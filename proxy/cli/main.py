@@ -101,6 +101,9 @@ def proxy_options(default_port: int, default_metrics_port: int) -> Callable[[F],
             click.option("--budget-usd", default="", metavar="USD", envvar="LLMREEL_BUDGET_USD",
                          help="Refuse upstream calls once this many dollars were spent since start "
                          "(cache hits keep working). Default: no budget."),
+            click.option("--replay-pace", default="fast", show_default=True, metavar="PACE",
+                         help="Replayed streams: fast (at once), original (the recorded gaps "
+                         "between chunks), or a factor that scales the gaps (0.5: twice as fast)."),
             click.option("--max-record-bytes", type=click.IntRange(1), default=DEFAULT_MAX_RECORD_BYTES,
                          show_default=True, metavar="BYTES",
                          help="Larger responses stream through to the client unrecorded (counted "

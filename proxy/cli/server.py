@@ -55,6 +55,7 @@ class ProxySettings:
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     run_id: str = ""
     budget_usd: str = ""
+    replay_pace: str = "fast"
     proxy_auth: str | None = None
     sets: Sequence[str] = ()
     """Raw mitmproxy `NAME=VALUE` options, applied last."""
@@ -142,6 +143,7 @@ class ProxyServer:
                 llmreel_max_record_bytes=s.max_record_bytes,
                 llmreel_run_id=s.run_id,
                 llmreel_budget_usd=s.budget_usd,
+                llmreel_replay_pace=s.replay_pace,
             )
             if s.proxy_auth:
                 master.options.update(proxyauth=s.proxy_auth)

@@ -36,6 +36,7 @@ from llmreel.core.failures import failure_type
 from llmreel.core.keys import KeyConfig, canonical_request, parse_body, request_digest
 from llmreel.core.lookup import Found, lookup
 from llmreel.core.modes import CONTROLS, MODES, plan
+from llmreel.core.pacing import parse_pace
 from llmreel.core.redact import credential_of, credential_scope, mask_headers
 from llmreel.core.singleflight import SingleFlight
 from llmreel.core.timeparse import parse_duration
@@ -51,6 +52,7 @@ from llmreel.core.wire import (
 from llmreel.engine.accounting import Accountant, Outcome, ttfc
 from llmreel.engine.flowstate import FlowState
 from llmreel.engine.options import DEFAULTS, ConfigError
+from llmreel.engine.pacer import Pacer
 from llmreel.log.exchangelog import ExchangeLog
 from llmreel.log.jsonl import JsonlSink
 from llmreel.metering.metrics import Metrics
@@ -140,6 +142,8 @@ class Engine:
         self.max_age_s: float | None = None
         self.max_record_bytes: int = DEFAULTS["llmreel_max_record_bytes"]
         self.budget_usd: float | None = None
+        self.pacer: Pacer | None = None
+        """Serves replayed streams with their recorded timing (`--replay-pace`); None: fast."""
         self.exchange_log: ExchangeLog | None = None
         self.jsonl: JsonlSink | None = None
         self._used: UsedTimes | None = None
@@ -224,6 +228,14 @@ class Engine:
             self.report.budget_usd = budget
             if budget is not None:
                 self.metrics.budget.set(budget)
+        if "llmreel_replay_pace" in updated:
+            try:
+                factor = parse_pace(str(v["llmreel_replay_pace"]))
+            except ValueError as exc:
+                raise ConfigError(f"llmreel_replay_pace: {exc}") from exc
+            if self.pacer is not None:
+                self.pacer.close()
+            self.pacer = Pacer(factor) if factor is not None else None
         if "llmreel_run_id" in updated:
             self.accountant.run = str(v["llmreel_run_id"])[:64]
         if "llmreel_ignore_fields" in updated:
@@ -277,6 +289,8 @@ class Engine:
             self._used.flush()
 
     def close(self) -> None:
+        if self.pacer is not None:
+            self.pacer.close()
         self._swap_sink("jsonl", None)
         self._close_store()
 
@@ -287,6 +301,15 @@ class Engine:
     @property
     def offline(self) -> bool:
         return self.mode == "offline"
+
+    def paced(self, rec: Recording) -> bool:
+        """Whether this hit is replayed at its recorded pace (through the pacer)."""
+        return self.pacer is not None and rec.is_stream
+
+    def allows_connection(self, host: str, port: int) -> bool:
+        """Whether an upstream connection may be opened: never in offline mode, except to the
+        pacer on loopback."""
+        return not self.offline or (self.pacer is not None and self.pacer.owns(host, port))
 
     def refusal(self, address: str) -> str:
         """Why an upstream connection is refused in offline mode."""

@@ -95,6 +95,11 @@ OPTIONS: tuple[Option, ...] = (
         "metrics price it); cache hits keep working. Empty: no budget.",
     ),
     Option(
+        "llmreel_replay_pace", str, "fast",
+        "How replayed streams are timed: fast (all at once), original (the recorded gaps between "
+        "chunks), or a factor that scales the gaps (0.5: twice as fast).",
+    ),
+    Option(
         "llmreel_run_id", str, "",
         "Tag every logged exchange with this run id (`llmreel run` sets a fresh one); "
         "`llmreel log ls --run ID` finds them.",
