@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ def _stream(proxy: ProxyThread, fake: FakeUpstream, bundle: str, **headers: str)
 
 
 def _gaps(arrivals: list[float]) -> list[float]:
-    return [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(arrivals)]
 
 
 @pytest.mark.parametrize("pace, factor", [("original", 1.0), ("0.5", 0.5)])
