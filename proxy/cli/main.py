@@ -26,6 +26,7 @@ from llmreel.cli.server import (
     Running,
     StartupError,
 )
+from llmreel.cli.verify import verify
 from llmreel.core.ids import new_id
 from llmreel.core.modes import MODES
 from llmreel.core.wire import is_loopback
@@ -347,6 +348,7 @@ The CA's private key is {cert.parent / "mitmproxy-ca.pem"}: keep it private.""",
 main.add_command(cache)
 main.add_command(log_group)
 main.add_command(config_command)
+main.add_command(verify)
 
 if __name__ == "__main__":
     main()
