@@ -12,6 +12,8 @@ turns the engine's answers back into responses.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +33,7 @@ from llmreel.core.wire import (
     tagged_headers,
 )
 from llmreel.engine import OPTIONS, ConfigError, Engine, FlowState, RequestHead, ResponseInfo
+from llmreel.engine.control import CONTEXT_TOKEN
 from llmreel.metering.exporter import MetricsServer
 from llmreel.storage.lmdbstore import Store
 from llmreel.storage.records import Recording
@@ -54,7 +57,9 @@ class Recorder:
         self.engine = Engine(registry=registry, store_factory=store_factory, clock=clock)
         self.metrics_server = MetricsServer(self.engine.registry)
         self._own_ports: frozenset[int] = frozenset()
+        self._conn_contexts: dict[str, str] = {}
         self.is_running = False
+        self.control_error: str | None = None
 
     # What callers and tests read of a running recorder.
     registry = property(lambda self: self.engine.registry)
@@ -91,10 +96,29 @@ class Recorder:
             # Requests aimed at our own listeners (a reverse listener reached through
             # HTTPS_PROXY) are handled where they land, not twice.
             self._own_ports = frozenset(a[1] for a in proxyserver.listen_addrs())
-        self.metrics_server.start(
-            ctx.options.llmreel_metrics_host, ctx.options.llmreel_metrics_port
-        )
+        self.metrics_server.start(ctx.options.llmreel_metrics_host, ctx.options.llmreel_metrics_port)
+        control_port = ctx.options.llmreel_control_port
+        if control_port < 0:
+            self.is_running = True
+            return
+        # `running` must return at once; the control API starts on the loop, then we are ready.
+        task = asyncio.get_running_loop().create_task(self.engine.control.start(control_port))
+        task.add_done_callback(self._control_started)
+
+    def _control_started(self, task: asyncio.Task[None]) -> None:
+        if task.exception() is not None:
+            self.control_error = f"cannot serve the control API: {task.exception()}"
+            log.error("%s; pick another --control-port", self.control_error)
         self.is_running = True
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        # A context token in the proxy URL's user name arrives once, on the CONNECT.
+        token = _context_token(flow.request.headers.get("proxy-authorization", ""))
+        if token:
+            self._conn_contexts[flow.client_conn.id] = token
+
+    def client_disconnected(self, client: Any) -> None:
+        self._conn_contexts.pop(client.id, None)
 
     def done(self) -> None:
         self.is_running = False
@@ -116,7 +140,10 @@ class Recorder:
         req = flow.request
         if req.port in self._own_ports and is_loopback(req.host):
             return
-        state = self.engine.begin(_head(flow))
+        context = self._conn_contexts.get(flow.client_conn.id) or _context_token(
+            req.headers.get("proxy-authorization", "")
+        )
+        state = self.engine.begin(_head(flow, context))
         if isinstance(state, ErrorReply):
             flow.response = http.Response.make(
                 state.status, state.body, list(_encoded(state.headers))
@@ -177,7 +204,19 @@ class Recorder:
             self.engine.fail(state, flow.error.msg if flow.error else "unknown error")
 
 
-def _head(flow: http.HTTPFlow) -> RequestHead:
+def _context_token(proxy_authorization: str) -> str:
+    """A control API token given as the proxy URL's user name (`http://ctx…@host:port`)."""
+    scheme, _, value = proxy_authorization.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return ""
+    try:
+        user = base64.b64decode(value).decode("latin-1").partition(":")[0]
+    except ValueError:
+        return ""
+    return user if CONTEXT_TOKEN.fullmatch(user) else ""
+
+
+def _head(flow: http.HTTPFlow, context: str) -> RequestHead:
     req = flow.request
     controls = {name: value for name in CONTROL_HEADERS if (value := req.headers.pop(name, None))}
     peer = flow.client_conn.peername
@@ -194,6 +233,7 @@ def _head(flow: http.HTTPFlow) -> RequestHead:
         started_unix=req.timestamp_start,
         client=f"{peer[0]}:{peer[1]}" if peer else "",
         listener=flow.client_conn.proxy_mode.full_spec,
+        context=context,
     )
 
 

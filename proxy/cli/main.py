@@ -172,9 +172,15 @@ def main(ctx: click.Context) -> None:
 
 @main.command()
 @proxy_options(default_port=8080, default_metrics_port=9464)
-def serve(**kw: Any) -> None:
+@click.option("--control", is_flag=True,
+              help="Serve the control API on 127.0.0.1 (docs/control.md): per-test namespaces "
+              "for any test runner, exchanges since a marker, the run report.")  # fmt: skip
+@click.option("--control-port", type=click.IntRange(0, 65535), default=9466, show_default=True,
+              help="Port of the control API (0: a free one).")  # fmt: skip
+def serve(control: bool, control_port: int, **kw: Any) -> None:
     """Run the proxy in the foreground until SIGINT or SIGTERM."""
     settings = _settings(kw)
+    settings.control_port = control_port if control else -1
     try:
         asyncio.run(_serve(settings))
     except StartupError as exc:
@@ -212,8 +218,11 @@ async def _start(server: ProxyServer) -> Running:
 @click.option("--fail-on-unused", is_flag=True,
               help="Exit non-zero if recordings in the namespaces used were never replayed, and "
               "list them (the report only counts them otherwise; -v lists them too).")
+@click.option("--control/--no-control", default=True, show_default=True,
+              help="Serve the control API on a free port; COMMAND finds it in LLMREEL_CONTROL_URL.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: bool, **kw: Any) -> None:
+def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: bool, control: bool,
+        **kw: Any) -> None:  # fmt: skip
     """Run COMMAND with its LLM calls going through a fresh proxy; exit with its exit code.
 
     \b
@@ -224,6 +233,7 @@ def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: boo
     settings = _settings(kw)
     if shutil.which(command[0]) is None and not os.path.exists(command[0]):
         raise click.ClickException(f"command not found: {command[0]}")
+    settings.control_port = 0 if control else -1
     if fail_on_miss is None:
         fail_on_miss = settings.mode == "offline"
     try:
@@ -258,6 +268,8 @@ async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunRep
         click.echo(line, err=True)
     env = {**os.environ, **client_env(running.proxy_url, bundle, base_urls)}
     env["LLMREEL_RUN_ID"] = settings.run_id
+    if running.control_url:
+        env["LLMREEL_CONTROL_URL"] = running.control_url
     log.info("run id %s", settings.run_id)
     loop = asyncio.get_running_loop()
     try:

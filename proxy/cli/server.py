@@ -56,6 +56,8 @@ class ProxySettings:
     run_id: str = ""
     budget_usd: str = ""
     replay_pace: str = "fast"
+    control_port: int = -1
+    """The control API's port on 127.0.0.1 (0: a free one; -1: off)."""
     proxy_auth: str | None = None
     sets: Sequence[str] = ()
     """Raw mitmproxy `NAME=VALUE` options, applied last."""
@@ -74,6 +76,7 @@ class Running:
 
     listeners: list[Listener] = field(default_factory=list)
     metrics_url: str | None = None
+    control_url: str | None = None
     ca_cert: str = ""
     store: str = ""
     mode: str = ""
@@ -88,7 +91,9 @@ class Running:
             parts.append(f"{li.kind} {li.url}" + (f" -> {li.upstream}" if li.upstream else ""))
         return (
             f"llmreel ready: {', '.join(parts)} | mode {self.mode} | store {self.store} | "
-            f"metrics {self.metrics_url or 'off'} | CA {self.ca_cert}"
+            f"metrics {self.metrics_url or 'off'} | "
+            + (f"control {self.control_url} | " if self.control_url else "")
+            + f"CA {self.ca_cert}"
         )
 
 
@@ -144,6 +149,7 @@ class ProxyServer:
                 llmreel_run_id=s.run_id,
                 llmreel_budget_usd=s.budget_usd,
                 llmreel_replay_pace=s.replay_pace,
+                llmreel_control_port=s.control_port,
             )
             if s.proxy_auth:
                 master.options.update(proxyauth=s.proxy_auth)
@@ -168,6 +174,9 @@ class ProxyServer:
                 f"could not start the proxy: {reason}. Is the port in use? Pick another with "
                 "--port (or --reverse URL@PORT)."
             )
+        if self.recorder.control_error:
+            await self.stop()
+            raise StartupError(f"{self.recorder.control_error}. Pick another --control-port.")
         # Everything alive now (mitmproxy, the price tables, ...) lives as long as the process:
         # keep it out of the garbage collector's full collections, which took ~60 ms each.
         gc.freeze()
@@ -185,6 +194,7 @@ class ProxyServer:
             running.metrics_url = (
                 f"http://{_hostport(s.metrics_host, self.recorder.metrics_port)}/metrics"
             )
+        running.control_url = self.recorder.engine.control.url
         return running
 
     async def wait(self) -> None:

@@ -60,6 +60,8 @@ class Exchange:
     """The `llmreel-session` request header: calls a client grouped explicitly."""
     run: str = ""
     """The run id of the `llmreel run` (or `--run-id`) that proxied the call."""
+    context: str = ""
+    """The control API context token the call carried (not logged: it is a handle, not data)."""
 
     @property
     def status_class(self) -> str:

@@ -18,8 +18,11 @@ KEY_HEADER = "llmreel-key"
 CACHE_HEADER = "llmreel-cache"
 #: Groups calls into one session (a thread in the UI), whatever their content.
 SESSION_HEADER = "llmreel-session"
+#: Carries a control API context token (docs/control.md), for clients that cannot put it in
+#: the proxy URL's user name (reverse mode).
+CONTEXT_HEADER = "llmreel-context"
 #: Every request header llmreel reads and removes before the request goes upstream.
-CONTROL_HEADERS = (CONTROL_HEADER, NAMESPACE_HEADER, SESSION_HEADER)
+CONTROL_HEADERS = (CONTROL_HEADER, NAMESPACE_HEADER, SESSION_HEADER, CONTEXT_HEADER)
 
 # Not worth replaying: framing (recomputed on replay), connection management, and volatile or
 # per-client values. Credentials (set-cookie...) are dropped by `is_secret_header`.

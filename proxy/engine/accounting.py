@@ -108,6 +108,7 @@ class Accountant:
             summary=out.summary,
             session=state.session,
             run=self.run,
+            context=state.context,
         )
         if cost is not None and exchange.billed:
             self.spent_usd += cost

@@ -41,6 +41,7 @@ from llmreel.core.redact import credential_of, credential_scope, mask_headers
 from llmreel.core.singleflight import SingleFlight
 from llmreel.core.timeparse import parse_duration
 from llmreel.core.wire import (
+    CONTEXT_HEADER,
     CONTROL_HEADER,
     NAMESPACE_HEADER,
     SESSION_HEADER,
@@ -50,6 +51,7 @@ from llmreel.core.wire import (
     recordable_headers,
 )
 from llmreel.engine.accounting import Accountant, Outcome, ttfc
+from llmreel.engine.control import Contexts, ControlServer, Recent
 from llmreel.engine.flowstate import FlowState
 from llmreel.engine.options import DEFAULTS, ConfigError
 from llmreel.engine.pacer import Pacer
@@ -103,6 +105,9 @@ class RequestHead:
     started_unix: float = 0.0
     client: str = ""
     listener: str = ""
+    context: str = ""
+    """A control API context token from the proxy URL's user name (the header is in
+    `controls`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +137,7 @@ class Engine:
         self.metrics = Metrics(self.registry, store_stats=self._store_stats)
         self.report = RunReport()
         self.accountant = Accountant(self.metrics, self.report)
+        self.accountant.sinks.append(self._remember)
         self.flights = SingleFlight(SINGLE_FLIGHT_WAIT_S)
         self.key_config = KeyConfig()
         self.hosts: HostMap = DEFAULT_HOSTS
@@ -142,6 +148,9 @@ class Engine:
         self.max_age_s: float | None = None
         self.max_record_bytes: int = DEFAULTS["llmreel_max_record_bytes"]
         self.budget_usd: float | None = None
+        self.contexts = Contexts()
+        self.recent = Recent()
+        self.control = ControlServer(self.contexts, self.recent, self.report)
         self.pacer: Pacer | None = None
         """Serves replayed streams with their recorded timing (`--replay-pace`); None: fast."""
         self.exchange_log: ExchangeLog | None = None
@@ -288,7 +297,12 @@ class Engine:
         if self._used is not None:
             self._used.flush()
 
+    def _remember(self, exchange: Any) -> None:
+        if self.control.port:
+            self.recent.add(exchange)
+
     def close(self) -> None:
+        self.control.close()
         if self.pacer is not None:
             self.pacer.close()
         self._swap_sink("jsonl", None)
@@ -328,7 +342,17 @@ class Engine:
         if endpoint is None:
             return None
         control = head.controls.get(CONTROL_HEADER)
-        namespace = head.controls.get(NAMESPACE_HEADER) or self.default_namespace
+        token = head.controls.get(CONTEXT_HEADER) or head.context
+        context = self.contexts.get(token)
+        if context is None:
+            return error_reply(
+                endpoint.api, BAD_REQUEST_STATUS,
+                f"llmreel: unknown control context {token!r}; create one with POST /contexts on "
+                "the control API (docs/control.md).", "llmreel_bad_context",
+            )  # fmt: skip
+        namespace = (
+            head.controls.get(NAMESPACE_HEADER) or context.namespace or self.default_namespace
+        )
         if control is not None and control.strip().lower() not in CONTROLS:
             return error_reply(
                 endpoint.api, BAD_REQUEST_STATUS,
@@ -372,7 +396,8 @@ class Engine:
             request_headers=mask_headers(head.headers),
             request_body=body,
             seq=seq,
-            session=head.controls.get(SESSION_HEADER, "")[:200],
+            session=(head.controls.get(SESSION_HEADER) or context.session or "")[:200],
+            context=token,
         )
 
     async def decide(self, state: FlowState) -> Recording | ErrorReply | None:

@@ -49,6 +49,8 @@ class FlowState:
     request_headers: list[tuple[str, str]] = field(default_factory=list)
     session: str = ""
     """The `llmreel-session` header, when the client sent one."""
+    context: str = ""
+    """The control API context the request carried."""
     paced: bool = False
     """A hit replayed through the pacer, with its recorded timing."""
     finished: bool = False

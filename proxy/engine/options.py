@@ -100,6 +100,11 @@ OPTIONS: tuple[Option, ...] = (
         "chunks), or a factor that scales the gaps (0.5: twice as fast).",
     ),
     Option(
+        "llmreel_control_port", int, -1,
+        "Port of the control API on 127.0.0.1 (docs/control.md): per-test namespaces and "
+        "sessions, exchanges since a marker, the run report. 0: a free port; -1: off.",
+    ),
+    Option(
         "llmreel_run_id", str, "",
         "Tag every logged exchange with this run id (`llmreel run` sets a fresh one); "
         "`llmreel log ls --run ID` finds them.",

@@ -99,6 +99,27 @@ class RunReport:
             reasons.append(f"{len(self.unused)} recording(s) left unused (--fail-on-unused)")
         return reasons
 
+    def as_dict(self) -> dict[str, object]:
+        """The report as JSON-ready data (the control API's `GET /report`)."""
+        return {
+            "run_id": self.run_id or None,
+            "hits": self.hits,
+            "recorded": self.new,
+            "failed": self.failed,
+            "offline_misses": self.refused,
+            "written": self.written,
+            "write_failures": self.write_failures,
+            "errors": self.errors,
+            "spent_usd": round(self.spent_usd, 6),
+            "budget_usd": self.budget_usd,
+            "budget_refusals": self.budget_refusals,
+            "misses": [
+                {"method": m.method, "url": m.url, "key": m.key, "namespace": m.namespace,
+                 "outcome": m.outcome, "recorded": m.recorded, "explanation": m.explanation or None}
+                for m in self.misses
+            ],
+        }  # fmt: skip
+
     def render(self, limit: int = 20, *, list_unused: bool = False) -> str:
         """The report. Unused recordings are counted; `list_unused` lists them too (a shared
         store can hold thousands that this run had no reason to replay)."""
