@@ -79,7 +79,7 @@ def test_parallel_processes_keep_their_own_namespaces(
            "UPSTREAM": fake.url}  # fmt: skip
     procs = [
         subprocess.Popen([sys.executable, "-c", AGENT, name], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+                         stderr=subprocess.PIPE, text=True)
         for name in ("worker_a", "worker_b")
     ]
     outputs = [proc.communicate(timeout=120) for proc in procs]

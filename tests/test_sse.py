@@ -272,8 +272,9 @@ def test_one_huge_line_in_small_chunks_is_linear() -> None:
             assert len(events) == 1 and len(events[0].data) == size
         return min(times)
 
-    ratio = feed_time(4_000_000) / feed_time(500_000)
-    assert ratio < 32, f"8x the line took {ratio:.1f}x as long (linear: about 8x)"
+    # 16x the size: linear is about 16x, quadratic 256x; a busy machine has been seen to add 4x.
+    ratio = feed_time(4_000_000) / feed_time(250_000)
+    assert ratio < 100, f"16x the line took {ratio:.1f}x as long (linear: about 16x)"
 
 
 def test_feed_returns_events_as_soon_as_complete() -> None:
