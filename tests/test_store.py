@@ -9,9 +9,8 @@ from pathlib import Path
 
 import lmdb
 import pytest
-
-from llmreel.storage.records import RecordError, Recording, pack, unpack
 from llmreel.storage.lmdbstore import LmdbStore, StoreError
+from llmreel.storage.records import RecordError, Recording, pack, unpack
 
 
 def rec(key: str = "k1", namespace: str = "default", body: bytes = b'{"ok":true}', **kw: object) -> Recording:
@@ -151,15 +150,19 @@ def test_two_processes_recording_into_one_store_lose_nothing(tmp_path: Path) -> 
         assert store.stats().entries == 600
 
 
-def test_reader_sees_a_consistent_snapshot_while_writing(tmp_path: Path) -> None:
-    with LmdbStore(tmp_path / "s") as store:
-        for i in range(10):
-            store.put(rec(f"k{i}"))
+def test_writing_while_iterating_in_the_same_thread(tmp_path: Path) -> None:
+    # More entries than one read batch, and writes that grow a small map mid-iteration: an
+    # iteration holds no transaction while the caller has an entry, so nothing waits on it.
+    with LmdbStore(tmp_path / "s", map_size=64 * 1024) as store:
+        keys = [f"k{i:04d}" for i in range(600)]
+        store.write_raw([(b"entries", f"default\x00{k}".encode(), pack(rec(k))) for k in keys])
         seen = []
         for r in store.iter():
             seen.append(r.key)
-            store.put(rec(f"z{r.key}"))  # writes during iteration don't disturb the snapshot
-        assert len(seen) == 10
+            if len(seen) % 100 == 0:
+                store.put(rec(f"a{r.key}", body=os.urandom(100_000)))  # sorts before the cursor
+        assert seen == keys
+        assert store.stats().entries == 606
 
 
 def test_raw_databases_iterate_by_prefix_both_ways(tmp_path: Path) -> None:
@@ -199,3 +202,64 @@ def test_lazy_values_are_made_in_the_writer_and_a_failing_one_fails_alone(tmp_pa
             bad.result(5)
         assert store.get_raw(b"log", b"a") == b"made" and store.get_raw(b"log", b"b") is None
         assert made_in == ["llmreel-store-writer"]
+
+
+def _iterate_while_the_map_grows(path: str, count: int) -> None:
+    """Readers iterate (`iter`, `iter_raw`) in threads while the writer grows a small map."""
+    import threading
+
+    written: list[str] = []  # keys committed so far, appended by the writer only
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def read(raw: bool) -> None:
+        try:
+            while not done.is_set():
+                before = set(written)
+                if raw:
+                    seen = [k.split(b"\x00")[1].decode() for k, _ in store.iter_raw(b"entries")]
+                else:
+                    seen = [r.key for r in store.iter("default")]
+                assert seen == sorted(set(seen)), "iteration must be in key order, no repeats"
+                assert before <= set(seen), "an entry committed before the iteration was missed"
+        except BaseException as exc:  # noqa: BLE001 - reported by the parent thread
+            failures.append(exc)
+
+    with LmdbStore(path, map_size=64 * 1024) as store:
+        readers = [threading.Thread(target=read, args=(raw,)) for raw in (False, True)]
+        for reader in readers:
+            reader.start()
+        try:
+            for i in range(count):
+                key = f"k{i:04d}"
+                store.put(rec(key, body=os.urandom(40_000)))  # incompressible: the map must grow
+                written.append(key)
+        finally:
+            done.set()
+            for reader in readers:
+                reader.join()
+        assert not failures, failures
+        assert [r.key for r in store.iter("default")] == written
+        assert int(store.env.info()["map_size"]) > 64 * 1024
+
+
+def test_iteration_survives_the_map_growing_under_it(tmp_path: Path) -> None:
+    # In a child process: a map resized under an open cursor can kill the process (SIGSEGV).
+    spawn = multiprocessing.get_context("spawn")
+    child = spawn.Process(target=_iterate_while_the_map_grows, args=(str(tmp_path / "s"), 120))
+    child.start()
+    child.join(100)
+    assert child.exitcode == 0
+
+
+def test_iteration_in_batches_keeps_order_across_batch_boundaries(tmp_path: Path) -> None:
+    keys = sorted(b"%c%04d" % (p, i) for p in b"abc" for i in range(700))
+    with LmdbStore(tmp_path / "s") as store:
+        store.write_raw([(b"log", k, k) for k in keys])
+        bs = [k for k in keys if k.startswith(b"b")]
+        assert [k for k, _ in store.iter_raw(b"log")] == keys
+        assert [k for k, _ in store.iter_raw(b"log", reverse=True)] == keys[::-1]
+        assert [k for k, _ in store.iter_raw(b"log", prefix=b"b")] == bs
+        assert [k for k, _ in store.iter_raw(b"log", prefix=b"b", reverse=True)] == bs[::-1]
+        assert [k for k, _ in store.iter_raw(b"log", start=b"b0350")] == keys[1050:]
+        assert [k for k, _ in store.iter_raw(b"log", start=b"b0350", reverse=True)] == keys[1050::-1]

@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeAlias, TypeVar
 
 import lmdb
-
+from llmreel.storage.gate import MapGate
 from llmreel.storage.records import SCHEMA_VERSION, RecordError, Recording, pack, unpack
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,14 @@ INITIAL_MAP_SIZE = 1 << 30  # 1 GiB of address space; the file itself grows only
 MAX_MAP_SIZE = 1 << 40
 _BATCH = 256
 _COALESCE_S = 0.002
+# Iteration reads this many entries (or about this many bytes) per read transaction, then lets
+# a map resize or a close through before the next batch.
+_ITER_BATCH = 256
+_ITER_BATCH_BYTES = 8 << 20
+
+_T = TypeVar("_T")
+# The store never asks for buffers: values are bytes. (A string: lmdb's C types take no [].)
+_Txn: TypeAlias = "lmdb.Transaction[bytes]"
 
 
 # A job for the writer thread: writes (database, key, value; None deletes) and its future.
@@ -136,7 +144,7 @@ class LmdbStore:
             if file.exists():
                 file.chmod(0o600)
         self._check_length(directory / "data.mdb")
-        self._lock = threading.Lock()  # excludes transactions during a map resize
+        self._gate = MapGate()  # every transaction holds it shared; a map resize, exclusive
         try:
             self._dbs = {name: self.env.open_db(name) for name in DATABASES}
             self._meta = self._dbs[b"meta"]
@@ -183,12 +191,16 @@ class LmdbStore:
 
     def secret_salt(self) -> bytes:
         """A random salt kept in this store (created on first use), for credential scopes."""
-        with self.env.begin(db=self._meta, write=True) as txn:
-            salt: bytes | None = txn.get(b"scope_salt")
+        fresh = os.urandom(32)
+
+        def get_or_make(txn: _Txn) -> bytes:
+            salt = txn.get(b"scope_salt", db=self._meta)
             if salt is None:
-                salt = os.urandom(32)
-                txn.put(b"scope_salt", salt)
-        return salt
+                salt = fresh
+                txn.put(b"scope_salt", salt, db=self._meta)
+            return salt
+
+        return self._transact(get_or_make, write=True)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -207,37 +219,19 @@ class LmdbStore:
 
     def _read(self, db_key: bytes, db: bytes = b"entries") -> bytes | None:
         handle = self._dbs[db]
-        for _attempt in range(2):
-            try:
-                with self._lock, self.env.begin(db=handle) as txn:
-                    value: bytes | None = txn.get(db_key)
-                    return value
-            except lmdb.MapResizedError:
-                # Another process grew the map: adopt its size and read again.
-                self._adopt_map_size()
-            except lmdb.Error as exc:
-                raise self._error("read", exc) from exc
-        return None
+        return self._transact(lambda txn: txn.get(db_key, db=handle))
 
     def iter(self, namespace: str | None = None) -> Iterator[Recording]:
-        """Every recording (in one namespace), in key order, from one consistent snapshot."""
+        """Every recording (in one namespace), in key order.
+
+        Entries are read in batches, each from its own snapshot (see `iter_raw`).
+        """
         prefix = f"{namespace}\x00".encode() if namespace is not None else b""
-        try:
-            with self.env.begin(db=self._entries) as txn:
-                cursor = txn.cursor()
-                if not cursor.set_range(prefix):
-                    return
-                for db_key, value in cursor:
-                    if not db_key.startswith(prefix):
-                        break
-                    try:
-                        yield unpack(value)
-                    except RecordError as exc:
-                        log.warning(
-                            "skipping corrupt recording %r in %s: %s", db_key, self.path, exc
-                        )
-        except lmdb.Error as exc:
-            raise self._error("read", exc) from exc
+        for db_key, value in self.iter_raw(b"entries", prefix=prefix):
+            try:
+                yield unpack(value)
+            except RecordError as exc:
+                log.warning("skipping corrupt recording %r in %s: %s", db_key, self.path, exc)
 
     def get_raw(self, db: bytes, key: bytes) -> bytes | None:
         """A value from one of the named `DATABASES`."""
@@ -246,48 +240,62 @@ class LmdbStore:
     def iter_raw(
         self, db: bytes, *, prefix: bytes = b"", start: bytes | None = None, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
-        """(key, value) pairs of a named database in key order (or reversed), from one snapshot.
+        """(key, value) pairs of a named database in key order (or reversed).
 
         `start` positions the cursor (inclusive): the first key >= start, or <= start in reverse.
+
+        Pairs are read in batches of a few hundred, each in its own short read transaction, and
+        no transaction stays open while the caller holds a pair: a map resize (or `close`) is
+        never blocked by a slow consumer, and the caller may write to the store as it iterates.
+        So every key is seen at most once and in order, and every entry committed before the
+        iteration began and not deleted since is seen; entries written during the iteration
+        may or may not be.
         """
-        try:
-            with self.env.begin(db=self._dbs[db]) as txn:
-                cursor = txn.cursor()
-                if reverse:
-                    upper = start if start is not None else _prefix_end(prefix) or None
-                    if upper is None or not cursor.set_range(upper):
-                        positioned = cursor.last()
-                    elif start is not None and cursor.key() == start:
-                        positioned = True  # `start` is inclusive
-                    else:
-                        positioned = cursor.prev()
-                    items = cursor.iterprev(keys=True, values=True) if positioned else iter(())
-                else:
-                    positioned = cursor.set_range(start if start is not None else prefix)
-                    items = cursor.iternext(keys=True, values=True) if positioned else iter(())
-                for key, value in items:
-                    if prefix and not key.startswith(prefix):
-                        break
-                    yield bytes(key), bytes(value)
-        except lmdb.Error as exc:
-            raise self._error("read", exc) from exc
+        handle = self._dbs[db]
+        after: bytes | None = None  # the last key handed out
+        while True:
+            batch, more = self._transact(
+                partial(_read_batch, handle, prefix=prefix, start=start, after=after, reverse=reverse)
+            )
+            yield from batch
+            if not more:
+                return
+            after = batch[-1][0]
 
     def count(self, db: bytes) -> int:
-        try:
-            with self._lock, self.env.begin(db=self._dbs[db]) as txn:
-                return int(txn.stat(self._dbs[db])["entries"])
-        except lmdb.Error as exc:
-            raise self._error("read", exc) from exc
+        handle = self._dbs[db]
+        return self._transact(lambda txn: int(txn.stat(handle)["entries"]))
 
     def stats(self) -> StoreStats:
+        entries = self.count(b"entries")
         try:
-            with self._lock, self.env.begin(db=self._entries) as txn:
-                entries = int(txn.stat(self._entries)["entries"])
             info = self.env.info()
             size = (int(info["last_pgno"]) + 1) * int(self.env.stat()["psize"])
         except lmdb.Error as exc:
             raise self._error("read", exc) from exc
         return StoreStats(entries=entries, size_bytes=size)
+
+    def _transact(
+        self, work: Callable[[_Txn], _T], *, write: bool = False
+    ) -> _T:
+        """`work(txn)` in a transaction that holds the map gate shared; its result.
+
+        A write that fills the map grows it and runs again (so `work` must be repeatable); a
+        map grown by another process is adopted, and the transaction run again.
+        """
+        while True:
+            try:
+                with self._gate.shared():
+                    seen_size = int(self.env.info()["map_size"])
+                    with self.env.begin(write=write) as txn:
+                        return work(txn)
+            except lmdb.MapFullError:
+                self._grow(seen_size)
+            except lmdb.MapResizedError:
+                # Another process grew the map: adopt its size and run again.
+                self._adopt_map_size()
+            except lmdb.Error as exc:
+                raise self._error("write" if write else "read", exc) from exc
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -322,11 +330,8 @@ class LmdbStore:
         return future
 
     def delete(self, namespace: str, key: str, seq: int = 0) -> bool:
-        try:
-            with self._lock, self.env.begin(db=self._entries, write=True) as txn:
-                return bool(txn.delete(entry_key(namespace, key, seq)))
-        except lmdb.Error as exc:
-            raise self._error("write", exc) from exc
+        db_key = entry_key(namespace, key, seq)
+        return self._transact(lambda txn: bool(txn.delete(db_key, db=self._entries)), write=True)
 
     def _write_loop(self) -> None:
         while True:
@@ -359,21 +364,15 @@ class LmdbStore:
                     future.set_result(None)
 
     def _write_batch(self, items: _Writes) -> None:
-        while items:
-            try:
-                with self.env.begin(write=True) as txn:
-                    for db, db_key, value in items:
-                        if value is None:
-                            txn.delete(db_key, db=self._dbs[db])
-                        else:
-                            txn.put(db_key, value, db=self._dbs[db])
-                return
-            except lmdb.MapFullError:
-                self._grow()
-            except lmdb.MapResizedError:
-                self._adopt_map_size()
-            except lmdb.Error as exc:
-                raise self._error("write", exc) from exc
+        if items:
+            self._transact(partial(self._apply, items), write=True)
+
+    def _apply(self, items: _Writes, txn: _Txn) -> None:
+        for db, db_key, value in items:
+            if value is None:
+                txn.delete(db_key, db=self._dbs[db])
+            else:
+                txn.put(db_key, value, db=self._dbs[db])
 
     def _error(self, action: str, exc: lmdb.Error) -> StoreError:
         """Translate an lmdb error into one that says what happened and what to do."""
@@ -394,9 +393,12 @@ class LmdbStore:
             "permissions; traffic keeps flowing unrecorded."
         )
 
-    def _grow(self) -> None:
-        with self._lock:
+    def _grow(self, seen_size: int) -> None:
+        """Double the map, unless it grew since a transaction found it full at `seen_size`."""
+        with self._gate.exclusive():
             current = int(self.env.info()["map_size"])
+            if current > seen_size:
+                return  # another thread grew it meanwhile
             if current * 2 > self.max_map_size:
                 raise StoreError(
                     f"the store at {self.path} reached {current} bytes; prune it with "
@@ -407,7 +409,7 @@ class LmdbStore:
             self.env.set_mapsize(current * 2)
 
     def _adopt_map_size(self) -> None:
-        with self._lock:
+        with self._gate.exclusive():
             self.env.set_mapsize(0)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -425,7 +427,8 @@ class LmdbStore:
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join(timeout=30)
-        self.env.close()
+        with self._gate.exclusive():  # no reader is inside a transaction
+            self.env.close()
 
     def __enter__(self) -> LmdbStore:
         return self
@@ -450,6 +453,48 @@ def _resolve(job: _Job) -> tuple[_Writes, concurrent.futures.Future[None]] | Non
     except Exception as exc:  # noqa: BLE001 - one bad value must not fail the other jobs
         future.set_exception(StoreError(f"cannot encode a value for the store: {exc}"))
         return None
+
+
+def _read_batch(
+    db: lmdb._Database,
+    txn: _Txn,
+    *,
+    prefix: bytes,
+    start: bytes | None,
+    after: bytes | None,
+    reverse: bool,
+) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """The next batch of `iter_raw`'s pairs (past `after`, the last key of the previous batch),
+    and whether more may follow."""
+    cursor = txn.cursor(db)
+    if after is not None:
+        if reverse:
+            positioned = cursor.prev() if cursor.set_range(after) else cursor.last()
+        else:
+            positioned = cursor.set_range(after) and (cursor.key() != after or cursor.next())
+    elif reverse:
+        upper = start if start is not None else _prefix_end(prefix) or None
+        if upper is None or not cursor.set_range(upper):
+            positioned = cursor.last()
+        elif start is not None and cursor.key() == start:
+            positioned = True  # `start` is inclusive
+        else:
+            positioned = cursor.prev()
+    else:
+        positioned = cursor.set_range(start if start is not None else prefix)
+    batch: list[tuple[bytes, bytes]] = []
+    size = 0
+    while positioned:
+        key = bytes(cursor.key())
+        if prefix and not key.startswith(prefix):
+            return batch, False
+        value = bytes(cursor.value())
+        batch.append((key, value))
+        size += len(key) + len(value)
+        if len(batch) >= _ITER_BATCH or size >= _ITER_BATCH_BYTES:
+            return batch, True
+        positioned = cursor.prev() if reverse else cursor.next()
+    return batch, False
 
 
 def _prefix_end(prefix: bytes) -> bytes:
