@@ -269,3 +269,29 @@ def test_open_store_refuses_ambiguous_directories(tmp_path: Path) -> None:
 
     with pytest.raises(StoreError, match="no store at"):
         open_store(tmp_path / "missing", create=False)
+
+
+def test_a_full_write_backlog_fails_fast_and_close_waits_for_the_writer(tmp_path: Path) -> None:
+    bound = 100_000
+    store = DirStore(tmp_path / "rec", backlog_bytes=bound)
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        assert release.wait(30)
+
+    store._writer().submit(hold)  # white box: nothing public can hold the writer thread
+    assert started.wait(10)
+    futures = [store.submit(make(b"x" * 10_000, key=f"{i:032x}")) for i in range(30)]
+    assert store.backlog.bytes <= bound
+    refused = [f for f in futures if f.done()]
+    assert refused and len(refused) < len(futures)
+    error = refused[0].exception()
+    assert isinstance(error, StoreError) and error.reason == "backlog"
+    closer = threading.Thread(target=store.close, kwargs={"report_every_s": 0.01})
+    closer.start()
+    assert closer.is_alive()
+    release.set()
+    closer.join(30)
+    assert not closer.is_alive() and store.backlog.jobs == 0
+    assert DirStore(tmp_path / "rec").stats().entries == len(futures) - len(refused)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import multiprocessing
 import os
 import stat
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lmdb
 import pytest
-from llmreel.storage.lmdbstore import LmdbStore, StoreError
+from llmreel.storage.lmdbstore import WRITE_ERROR_REASONS, LmdbStore, StoreError
 from llmreel.storage.records import RecordError, Recording, pack, unpack
 
 
@@ -263,3 +267,94 @@ def test_iteration_in_batches_keeps_order_across_batch_boundaries(tmp_path: Path
         assert [k for k, _ in store.iter_raw(b"log", prefix=b"b", reverse=True)] == bs[::-1]
         assert [k for k, _ in store.iter_raw(b"log", start=b"b0350")] == keys[1050:]
         assert [k for k, _ in store.iter_raw(b"log", start=b"b0350", reverse=True)] == keys[1050::-1]
+
+
+class _Seen(logging.Handler):
+    """A log handler that sets an event when a record containing `text` arrives."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.event = threading.Event()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if self.text in message:
+            self.messages.append(message)
+            self.event.set()
+
+
+@contextlib.contextmanager
+def _watching(text: str) -> Iterator[_Seen]:
+    handler = _Seen(text)
+    logger = logging.getLogger("llmreel.storage")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+def _held_writer() -> tuple[Callable[[], bytes], threading.Event, threading.Event]:
+    """A lazy value that holds the writer thread (which makes it) until `release` is set."""
+    started, release = threading.Event(), threading.Event()
+
+    def make() -> bytes:
+        started.set()
+        assert release.wait(30), "the test never released the writer"
+        return b"held"
+
+    return make, started, release
+
+
+def test_close_waits_for_a_busy_writer_and_says_what_is_pending(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    store = LmdbStore(path)
+    make, started, release = _held_writer()
+    held = store.submit_raw([(b"log", b"held", make)])
+    queued = store.submit_raw([(b"log", b"queued", b"q" * 5000)])
+    assert started.wait(10)
+    with _watching("still waiting") as seen:
+        closer = threading.Thread(target=store.close, kwargs={"report_every_s": 0.01})
+        closer.start()
+        assert seen.event.wait(10), "close() said nothing about the pending writes"
+        assert closer.is_alive()
+        assert store.env.info()["map_size"] > 0  # the environment is still open
+        assert "2 writes" in seen.messages[0] and str(path) in seen.messages[0]
+        release.set()
+        closer.join(30)
+    assert not closer.is_alive()
+    held.result(0)
+    queued.result(0)
+    with LmdbStore(path) as again:
+        assert again.get_raw(b"log", b"held") == b"held"
+        assert again.get_raw(b"log", b"queued") == b"q" * 5000
+
+
+def test_a_full_write_backlog_fails_fast_with_its_reason(tmp_path: Path) -> None:
+    bound = 200_000
+    with LmdbStore(tmp_path / "s", backlog_bytes=bound) as store, _watching("queue") as seen:
+        make, started, release = _held_writer()
+        store.submit_raw([(b"log", b"held", make)])
+        assert started.wait(10)
+        accepted, refused = [], []
+        for i in range(60):
+            future = store.submit(rec(f"k{i}", body=os.urandom(10_000)))
+            assert store.backlog.bytes <= bound
+            if future.done() and future.exception() is not None:
+                refused.append(future)
+            else:
+                accepted.append(future)
+        assert accepted and refused
+        error = refused[0].exception()
+        assert isinstance(error, StoreError) and error.reason == "backlog"
+        assert str(tmp_path / "s") in str(error)
+        assert seen.event.is_set()  # logged, not only counted
+        assert "backlog" in WRITE_ERROR_REASONS  # so the metric has a series for it
+        release.set()
+        for future in accepted:
+            future.result(30)
+        assert store.backlog.bytes == 0 and store.backlog.jobs == 0
+        store.submit(rec("later")).result(30)  # accepted again once the writer caught up
+        assert store.stats().entries == len(accepted) + 1

@@ -22,6 +22,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+from llmreel.storage.backlog import (
+    CLOSE_REPORT_INTERVAL_S,
+    DEFAULT_BACKLOG_BYTES,
+    DEFAULT_BACKLOG_JOBS,
+    JOB_OVERHEAD_BYTES,
+    Backlog,
+    wait_for_writer,
+)
 from llmreel.storage.export import (
     EXPORT_VERSION,
     MARKER_FILE,
@@ -35,8 +44,8 @@ from llmreel.storage.export import (
     parse_entry_path,
     to_export,
 )
-from llmreel.storage.records import Recording
 from llmreel.storage.lmdbstore import StoreError, StoreStats, entry_key, validate_namespace
+from llmreel.storage.records import Recording
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +117,22 @@ def read_marker(directory: Path) -> int | None:
 class DirStore:
     """Recordings as export files: `<dir>/<namespace>/<key>.json`, one per entry."""
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        backlog_bytes: int = DEFAULT_BACKLOG_BYTES,
+        backlog_jobs: int = DEFAULT_BACKLOG_JOBS,
+    ) -> None:
         self.path = str(path)
         self.root = Path(self.path)
         self._closed = False
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # Orders submissions against `close`, and creates the writer once.
         self._executor_lock = threading.Lock()
+        #: What the writer thread has still to write; `submit` fails fast when it is full.
+        self.backlog = Backlog(self.path, max_bytes=backlog_bytes, max_jobs=backlog_jobs)
         try:
             if not self.root.exists():
                 if not create:
@@ -256,25 +275,38 @@ class DirStore:
         raise AssertionError("unreachable")
 
     def submit(self, rec: Recording) -> concurrent.futures.Future[None]:
-        """Queue a recording for the writer thread; the future resolves once it is on disk."""
-        if self._closed:
-            future: concurrent.futures.Future[None] = concurrent.futures.Future()
-            future.set_exception(StoreError(f"the store at {self.path} is closed", "closed"))
-            return future
-        # `write`, not `put`: what was queued before `close` is still written by it.
-        return self._writer().submit(self._write_none, rec)
+        """Queue a recording for the writer thread; the future resolves once it is on disk.
 
-    def _write_none(self, rec: Recording) -> None:
-        self.write(rec)
+        It fails at once, with reason "backlog", when the writer's queue is full.
+        """
+        size = JOB_OVERHEAD_BYTES + len(rec.body) + len(orjson.dumps(rec.request))
+        with self._executor_lock:
+            refused = None
+            if self._closed:
+                refused = StoreError(f"the store at {self.path} is closed", "closed")
+            elif not self.backlog.admit(size):
+                refused = StoreError(self.backlog.refusal(), "backlog")
+            if refused is None:
+                # `write`, not `put`: what was queued before `close` is still written by it.
+                return self._writer().submit(self._write_counted, rec, size)
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        future.set_exception(refused)
+        return future
+
+    def _write_counted(self, rec: Recording, size: int) -> None:
+        try:
+            self.write(rec)
+        finally:
+            self.backlog.done(size)
 
     def _writer(self) -> concurrent.futures.ThreadPoolExecutor:
-        with self._executor_lock:
-            if self._executor is None:
-                # One thread: writes to the same entry land in submission order.
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="llmreel-dirstore-writer"
-                )
-            return self._executor
+        # Called with `_executor_lock` held.
+        if self._executor is None:
+            # One thread: writes to the same entry land in submission order.
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="llmreel-dirstore-writer"
+            )
+        return self._executor
 
     def delete(self, namespace: str, key: str, seq: int = 0) -> bool:
         path = self.file_for(namespace, key, seq)
@@ -297,12 +329,21 @@ class DirStore:
             return
         concurrent.futures.wait([executor.submit(lambda: None)], timeout=timeout)
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+    def close(self, *, report_every_s: float = CLOSE_REPORT_INTERVAL_S) -> None:
+        """Write what was submitted (logging every `report_every_s` what is still pending)."""
+        with self._executor_lock:
+            if self._closed:
+                return
+            self._closed = True
+            executor = self._executor
+        if executor is not None:
+            last = executor.submit(lambda: None)  # runs once every earlier write is done
+            wait_for_writer(
+                lambda timeout: not concurrent.futures.wait([last], timeout).not_done,
+                self.backlog,
+                report_every_s,
+            )
+            executor.shutdown(wait=True)
 
     def __enter__(self) -> DirStore:
         return self

@@ -4,7 +4,8 @@ Only this module imports lmdb; every `lmdb.Error` is translated to `StoreError` 
 message that names the path and says what to do. Reads are MVCC snapshots that never block the
 writer, so the CLI can read a store while a proxy records into it, and several processes can share
 one store. Writes go through a single writer thread that commits in batches, so the proxy's event
-loop never waits on fsync.
+loop never waits on fsync; its queue is bounded (see `llmreel.storage.backlog` for the policy
+when it is full), and `close` waits for it, however long that takes.
 """
 
 from __future__ import annotations
@@ -17,12 +18,21 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Protocol, TypeAlias, TypeVar
+from typing import Protocol, TypeVar
 
 import lmdb
+import orjson
+from llmreel.storage.backlog import (
+    CLOSE_REPORT_INTERVAL_S,
+    DEFAULT_BACKLOG_BYTES,
+    DEFAULT_BACKLOG_JOBS,
+    JOB_OVERHEAD_BYTES,
+    Backlog,
+    wait_for_writer,
+)
 from llmreel.storage.gate import MapGate
 from llmreel.storage.records import SCHEMA_VERSION, RecordError, Recording, pack, unpack
 
@@ -38,23 +48,37 @@ _ITER_BATCH = 256
 _ITER_BATCH_BYTES = 8 << 20
 
 _T = TypeVar("_T")
-# The store never asks for buffers: values are bytes. (A string: lmdb's C types take no [].)
-_Txn: TypeAlias = "lmdb.Transaction[bytes]"
+# The store never asks for buffers: values are bytes. (Evaluated lazily: lmdb's types take no [].)
+type _Txn = lmdb.Transaction[bytes]
 
 
-# A job for the writer thread: writes (database, key, value; None deletes) and its future.
-# An empty list of writes is a flush marker: its future resolves once earlier jobs committed.
 _Writes = list[tuple[bytes, bytes, bytes | None]]
 #: A value, or a function that makes it in the writer thread (keeping e.g. compression off the
 #: proxy's event loop), or None to delete.
 Value = bytes | Callable[[], bytes] | None
-_Job = tuple[Sequence[tuple[bytes, bytes, Value]], concurrent.futures.Future[None]]
+#: What a value made by a function is assumed to weigh in the backlog, unless told.
+_LAZY_VALUE_BYTES = 4096
+
+
+@dataclass(slots=True)
+class _Job:
+    """Writes for the writer thread (database, key, value; None deletes), and their future.
+
+    An empty list of writes is a flush marker: its future resolves once earlier jobs committed.
+    """
+
+    writes: Sequence[tuple[bytes, bytes, Value]]
+    future: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
+    size: int | None = None
+    """Bytes counted in the backlog; None for a flush marker, which the backlog never refuses."""
+
 #: Named databases in a store. "entries" holds recordings; the others sit beside them.
 DATABASES = (b"meta", b"entries", b"log", b"used")
 
 
-#: Why a write failed, as counted in `llmreel_store_write_errors_total{reason}`.
-WRITE_ERROR_REASONS = ("disk_full", "map_full", "corrupt", "io_error", "closed")
+#: Why a write failed, as counted in `llmreel_store_write_errors_total{reason}`. "backlog": the
+#: writer's queue was full (see `llmreel.storage.backlog`).
+WRITE_ERROR_REASONS = ("disk_full", "map_full", "corrupt", "io_error", "closed", "backlog")
 _CORRUPTION = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadTxnError, lmdb.InvalidError)
 
 
@@ -111,9 +135,13 @@ class LmdbStore:
         create: bool = True,
         map_size: int = INITIAL_MAP_SIZE,
         max_map_size: int = MAX_MAP_SIZE,
+        backlog_bytes: int = DEFAULT_BACKLOG_BYTES,
+        backlog_jobs: int = DEFAULT_BACKLOG_JOBS,
     ) -> None:
         self.path = str(path)
         self.max_map_size = max_map_size
+        #: What the writer thread has still to write; `submit` fails fast when it is full.
+        self.backlog = Backlog(self.path, max_bytes=backlog_bytes, max_jobs=backlog_jobs)
         directory = Path(self.path)
         if not directory.exists():
             if not create:
@@ -156,6 +184,8 @@ class LmdbStore:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._closed = False
+        # Orders submissions against `close`: nothing is queued behind the writer's stop marker.
+        self._submit_lock = threading.Lock()
 
     def _check_length(self, data_file: Path) -> None:
         # A truncated data file opens fine, but reading its missing pages kills the process
@@ -304,30 +334,44 @@ class LmdbStore:
         self.write_raw([(b"entries", entry_key(rec.namespace, rec.key, rec.seq), pack(rec))])
 
     def submit(self, rec: Recording) -> concurrent.futures.Future[None]:
-        """Queue a recording for the writer thread; the future resolves once it is committed."""
+        """Queue a recording for the writer thread; the future resolves once it is committed.
+
+        It fails at once, with reason "backlog", when the writer's queue is full.
+        """
         # Packing copies the body: let the writer thread do it.
-        return self.submit_raw([(b"entries", entry_key(rec.namespace, rec.key, rec.seq), partial(pack, rec))])
+        writes = [(b"entries", entry_key(rec.namespace, rec.key, rec.seq), partial(pack, rec))]
+        return self.submit_raw(writes, size=len(rec.body) + len(orjson.dumps(rec.request)))
 
     def write_raw(self, writes: _Writes) -> None:
         """Apply (database, key, value) writes in one transaction now; a None value deletes."""
         self._write_batch(writes)
 
-    def submit_raw(self, writes: Sequence[tuple[bytes, bytes, Value]]) -> concurrent.futures.Future[None]:
+    def submit_raw(
+        self, writes: Sequence[tuple[bytes, bytes, Value]], *, size: int | None = None
+    ) -> concurrent.futures.Future[None]:
         """Queue writes for the writer thread, which commits queued jobs together.
 
         A value may be a function: the writer thread calls it just before the commit. If it
-        raises, only this job fails.
+        raises, only this job fails. `size` is about how many bytes the values will take (by
+        default the bytes given, and 4 KiB for each function): the backlog counts it, and the
+        future fails at once, with reason "backlog", when the backlog is full.
         """
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        if self._closed:
-            future.set_exception(StoreError(f"the store at {self.path} is closed", "closed"))
-            return future
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._write_loop, name="llmreel-store-writer")
-            self._writer.daemon = True
-            self._writer.start()
-        self._queue.put((writes, future))
-        return future
+        job = _Job(writes)
+        if writes:
+            job.size = JOB_OVERHEAD_BYTES + (size if size is not None else _weight(writes))
+        with self._submit_lock:
+            if self._closed:
+                job.future.set_exception(StoreError(f"the store at {self.path} is closed", "closed"))
+                return job.future
+            if job.size is not None and not self.backlog.admit(job.size):
+                job.future.set_exception(StoreError(self.backlog.refusal(), "backlog"))
+                return job.future
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="llmreel-store-writer")
+                self._writer.daemon = True
+                self._writer.start()
+            self._queue.put(job)
+        return job.future
 
     def delete(self, namespace: str, key: str, seq: int = 0) -> bool:
         db_key = entry_key(namespace, key, seq)
@@ -352,16 +396,31 @@ class LmdbStore:
                     self._queue.put(None)  # finish this batch, then stop
                     break
                 batch.append(more)
-            ready = [job for job in map(_resolve, batch) if job is not None]
+            ready: list[tuple[_Job, _Writes]] = []
+            for job in batch:
+                made = _resolve(job)
+                if isinstance(made, StoreError):
+                    self._finish(job, made)
+                else:
+                    ready.append((job, made))
             try:
-                self._write_batch([write for writes, _ in ready for write in writes])
+                self._write_batch([write for _, writes in ready for write in writes])
             except Exception as exc:  # noqa: BLE001 - every waiter must learn of the failure
                 error = exc if isinstance(exc, StoreError) else StoreError(str(exc))
-                for _, future in ready:
-                    future.set_exception(error)
+                for job, _ in ready:
+                    self._finish(job, error)
             else:
-                for _, future in ready:
-                    future.set_result(None)
+                for job, _ in ready:
+                    self._finish(job, None)
+
+    def _finish(self, job: _Job, error: StoreError | None) -> None:
+        # Out of the backlog before the future resolves: whoever waits on it sees the room.
+        if job.size is not None:
+            self.backlog.done(job.size)
+        if error is None:
+            job.future.set_result(None)
+        else:
+            job.future.set_exception(error)
 
     def _write_batch(self, items: _Writes) -> None:
         if items:
@@ -420,13 +479,26 @@ class LmdbStore:
             return
         concurrent.futures.wait([self.submit_raw([])], timeout=timeout)
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._writer is not None:
-            self._queue.put(None)
-            self._writer.join(timeout=30)
+    def close(self, *, report_every_s: float = CLOSE_REPORT_INTERVAL_S) -> None:
+        """Write what was submitted, then close the environment.
+
+        Waits for the writer as long as it takes (closing under a writer's transaction can
+        crash the process), logging every `report_every_s` what it still waits for.
+        """
+        with self._submit_lock:
+            if self._closed:
+                return
+            self._closed = True
+            writer = self._writer
+            if writer is not None:
+                self._queue.put(None)
+        if writer is not None:
+
+            def finished(timeout: float) -> bool:
+                writer.join(timeout)
+                return not writer.is_alive()
+
+            wait_for_writer(finished, self.backlog, report_every_s)
         with self._gate.exclusive():  # no reader is inside a transaction
             self.env.close()
 
@@ -445,14 +517,20 @@ def _disk_nearly_full(path: str) -> bool:
         return False
 
 
-def _resolve(job: _Job) -> tuple[_Writes, concurrent.futures.Future[None]] | None:
-    """The job with every value made; None (its future failed) when making one raised."""
-    writes, future = job
+def _resolve(job: _Job) -> _Writes | StoreError:
+    """The job's writes with every value made, or why making one failed."""
     try:
-        return [(db, key, value() if callable(value) else value) for db, key, value in writes], future
+        return [(db, key, value() if callable(value) else value) for db, key, value in job.writes]
     except Exception as exc:  # noqa: BLE001 - one bad value must not fail the other jobs
-        future.set_exception(StoreError(f"cannot encode a value for the store: {exc}"))
-        return None
+        return StoreError(f"cannot encode a value for the store: {exc}")
+
+
+def _weight(writes: Sequence[tuple[bytes, bytes, Value]]) -> int:
+    """About how many bytes `writes` will hold in memory until they are written."""
+    return sum(
+        len(key) + (_LAZY_VALUE_BYTES if callable(value) else len(value or b""))
+        for _, key, value in writes
+    )
 
 
 def _read_batch(
