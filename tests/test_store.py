@@ -13,7 +13,8 @@ from pathlib import Path
 
 import lmdb
 import pytest
-from llmreel.storage.lmdbstore import WRITE_ERROR_REASONS, LmdbStore, StoreError
+from llmreel.core.diff import endpoint, explain
+from llmreel.storage.lmdbstore import WRITE_ERROR_REASONS, LmdbStore, StoreError, entry_key
 from llmreel.storage.records import RecordError, Recording, pack, unpack
 
 
@@ -358,3 +359,72 @@ def test_a_full_write_backlog_fails_fast_with_its_reason(tmp_path: Path) -> None
         assert store.backlog.bytes == 0 and store.backlog.jobs == 0
         store.submit(rec("later")).result(30)  # accepted again once the writer caught up
         assert store.stats().entries == len(accepted) + 1
+
+
+def chat_rec(i: int, namespace: str = "default", path: str = "/v1/chat/completions") -> Recording:
+    """Recording `i` of a long conversation: request i has turns 0..i."""
+    turns = [{"role": "user", "content": f"turn {n}"} for n in range(i + 1)]
+    request = {
+        "method": "POST", "scheme": "https", "host": "api.openai.com", "port": 443, "path": path,
+        "query": [], "headers": {}, "body": {"model": "m", "messages": turns},
+    }  # fmt: skip
+    return Recording(
+        key=f"{i:032x}", namespace=namespace, request=request, status=200, headers=[], body=b"{}"
+    )
+
+
+def test_candidates_are_the_most_alike_recordings_of_the_endpoint(tmp_path: Path) -> None:
+    with LmdbStore(tmp_path / "s") as store:
+        assert store.blocking_reads is False
+        recs = [chat_rec(i) for i in range(120)]
+        for r in recs[:40]:
+            store.put(r)
+        for future in [store.submit(r) for r in recs[40:80]]:
+            future.result(10)
+        store.write_raw([(b"entries", entry_key(r.namespace, r.key), pack(r)) for r in recs[80:]])
+        store.put(recs[0])  # again: replaced, not indexed twice
+        store.write_raw([(b"entries", entry_key("default", recs[1].key), pack(recs[1]))])
+        assert store.count(b"endpoints") == store.count(b"entries") == 120
+        for i in range(200, 210):  # the same requests elsewhere: never candidates
+            store.put(chat_rec(i, path="/v1/responses"))
+            store.put(chat_rec(i, namespace="other"))
+        wanted = chat_rec(60).request
+        wanted["body"]["messages"][-1]["content"] = "changed"
+        assert len(store.candidates("default", wanted, limit=5)) == 5
+        found = store.candidates("default", wanted)
+        assert {endpoint(r) for r in found} == {endpoint(wanted)}
+        assert explain(wanted, found) == (
+            "The closest recording of this endpoint differs in: "
+            "messages[60].content: 'turn 60' -> 'changed'."
+        )
+        assert store.delete("default", recs[60].key)
+        assert recs[60].request not in store.candidates("default", wanted, limit=200)
+        assert len(store.candidates("default", wanted, limit=200)) == 119
+        assert store.candidates("nobody", wanted) == []
+
+
+def test_candidates_index_old_stores_and_follow_older_writers(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with LmdbStore(path) as store:
+        for i in range(30):
+            store.put(chat_rec(i))
+    env = lmdb.open(str(path), max_dbs=16)
+    with env.begin(write=True) as txn:
+        # What a store written by an older llmreel looks like: no index; and a corrupt entry.
+        txn.drop(env.open_db(b"endpoints", txn=txn), delete=True)
+        txn.put(b"default\x00bad", b"garbage", db=env.open_db(b"entries", txn=txn))
+    env.close()
+    wanted = chat_rec(10).request
+    with LmdbStore(path) as store:
+        assert store.candidates("default", wanted, limit=1) == [wanted]
+        assert store.count(b"endpoints") == store.count(b"entries") == 31
+    env = lmdb.open(str(path), max_dbs=16)
+    with env.begin(write=True, db=env.open_db(b"entries")) as txn:
+        # An older llmreel, sharing the store, adds recordings and removes one.
+        for i in (98, 99):
+            txn.put(entry_key("default", chat_rec(i).key), pack(chat_rec(i)))
+        txn.delete(entry_key("default", chat_rec(10).key))
+    env.close()
+    with LmdbStore(path) as store:
+        found = store.candidates("default", chat_rec(99).request, limit=40)
+        assert chat_rec(99).request in found and wanted not in found and len(found) == 31

@@ -8,6 +8,10 @@ file: no index to load or go stale, and files another process adds are seen at o
 Writes are atomic (a temporary file, fsync, then rename), private (files 0600, directories 0700)
 and skipped when the file already holds the same bytes, so an unchanged recording never shows
 up in `git status`. Every OSError becomes a `StoreError` naming the path.
+
+Reads open and decode files, so they may block: `blocking_reads` is True, and callers run them
+off the event loop. For explaining misses, `candidates` keeps an in-memory endpoint index of
+each namespace, built on first use and refreshed when its directory changes.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
+from llmreel.core.diff import sketch
 from llmreel.storage.backlog import (
     CLOSE_REPORT_INTERVAL_S,
     DEFAULT_BACKLOG_BYTES,
@@ -31,6 +38,7 @@ from llmreel.storage.backlog import (
     Backlog,
     wait_for_writer,
 )
+from llmreel.storage.candidates import CANDIDATE_LIMIT, endpoint_id, most_alike
 from llmreel.storage.export import (
     EXPORT_VERSION,
     MARKER_FILE,
@@ -48,6 +56,10 @@ from llmreel.storage.lmdbstore import StoreError, StoreStats, entry_key, validat
 from llmreel.storage.records import Recording
 
 log = logging.getLogger(__name__)
+
+# A directory changed this recently may change again within its mtime's granularity (up to 2 s
+# on some filesystems) without its mtime moving: list it again rather than trust the mtime.
+_FRESH_NS = 2_000_000_000
 
 __all__ = [
     "DirStore",
@@ -114,8 +126,21 @@ def read_marker(directory: Path) -> int | None:
     return version
 
 
+@dataclass(slots=True)
+class _Listing:
+    """What `DirStore.candidates` knows of one namespace's directory."""
+
+    mtime_ns: int = -1
+    listed_at_ns: int = 0
+    files: dict[Path, tuple[bytes, bytes] | None] = field(default_factory=dict)
+    """Entry file -> (endpoint id, sketch) of its request; None when it is another namespace's
+    (a shared, hashed or case-folded directory) or cannot be decoded."""
+
+
 class DirStore:
     """Recordings as export files: `<dir>/<namespace>/<key>.json`, one per entry."""
+
+    blocking_reads = True  # every read opens, reads and decodes a file
 
     def __init__(
         self,
@@ -133,6 +158,8 @@ class DirStore:
         self._executor_lock = threading.Lock()
         #: What the writer thread has still to write; `submit` fails fast when it is full.
         self.backlog = Backlog(self.path, max_bytes=backlog_bytes, max_jobs=backlog_jobs)
+        self._listings: dict[str, _Listing] = {}
+        self._listings_lock = threading.Lock()
         try:
             if not self.root.exists():
                 if not create:
@@ -225,6 +252,60 @@ class DirStore:
             recs.append(rec)
         recs.sort(key=lambda r: entry_key(r.namespace, r.key, r.seq))
         yield from recs
+
+    def candidates(
+        self, namespace: str, request: dict[str, Any], limit: int = CANDIDATE_LIMIT
+    ) -> list[dict[str, Any]]:
+        """Recorded requests of `request`'s endpoint in `namespace`, most alike first.
+
+        At most `limit`, for `llmreel.core.diff.explain`. The first call for a namespace reads
+        its files once; later calls read only files added since (found when the directory's
+        mtime moves) and the `limit` best. Blocking: call it off the event loop.
+        """
+        wanted = endpoint_id(request)
+        with self._listings_lock:
+            files = self._listing(namespace).files
+            pool = [(path, known[1]) for path, known in files.items() if known and known[0] == wanted]
+        found: list[dict[str, Any]] = []
+        for path in most_alike(request, pool, limit):
+            try:
+                rec = self._decode(path, path.read_bytes())
+            except (OSError, StoreError):
+                continue  # removed or spoilt since it was indexed
+            if rec.namespace == namespace:
+                found.append(rec.request)
+        return found
+
+    def _listing(self, namespace: str) -> _Listing:
+        """The namespace's listing, brought up to date with its directory."""
+        listing = self._listings.setdefault(namespace, _Listing())
+        now = time.time_ns()
+        try:
+            mtime = (self.root / escape_name(namespace)).stat().st_mtime_ns
+        except FileNotFoundError:
+            listing.files.clear()
+            return listing
+        except OSError as exc:
+            raise StoreError(f"cannot read the export directory {self.path}: {exc}") from exc
+        if mtime == listing.mtime_ns and listing.listed_at_ns - mtime > _FRESH_NS:
+            return listing
+        present = {entry.path for entry in self.files(namespace)}
+        for gone in listing.files.keys() - present:
+            del listing.files[gone]
+        for path in present - listing.files.keys():
+            listing.files[path] = self._indexed(path, namespace)
+        listing.mtime_ns, listing.listed_at_ns = mtime, now
+        return listing
+
+    def _indexed(self, path: Path, namespace: str) -> tuple[bytes, bytes] | None:
+        try:
+            rec = self._decode(path, path.read_bytes())
+        except (OSError, StoreError) as exc:
+            log.warning("skipping %s: %s", path, exc)
+            return None
+        if rec.namespace != namespace:
+            return None
+        return endpoint_id(rec.request), sketch(rec.request)
 
     def stats(self) -> StoreStats:
         entries = size = 0

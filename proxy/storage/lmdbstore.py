@@ -11,6 +11,7 @@ when it is full), and `close` waits for it, however long that takes.
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import logging
 import os
 import queue
@@ -21,10 +22,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol
 
 import lmdb
 import orjson
+from llmreel.core.diff import sketch
 from llmreel.storage.backlog import (
     CLOSE_REPORT_INTERVAL_S,
     DEFAULT_BACKLOG_BYTES,
@@ -32,6 +34,16 @@ from llmreel.storage.backlog import (
     JOB_OVERHEAD_BYTES,
     Backlog,
     wait_for_writer,
+)
+from llmreel.storage.candidates import (
+    CANDIDATE_LIMIT,
+    INDEX_DB,
+    entry_key_of,
+    index_entry,
+    index_key,
+    index_prefix,
+    most_alike,
+    packed_request,
 )
 from llmreel.storage.gate import MapGate
 from llmreel.storage.records import SCHEMA_VERSION, RecordError, Recording, pack, unpack
@@ -47,7 +59,6 @@ _COALESCE_S = 0.002
 _ITER_BATCH = 256
 _ITER_BATCH_BYTES = 8 << 20
 
-_T = TypeVar("_T")
 # The store never asks for buffers: values are bytes. (Evaluated lazily: lmdb's types take no [].)
 type _Txn = lmdb.Transaction[bytes]
 
@@ -73,7 +84,11 @@ class _Job:
     """Bytes counted in the backlog; None for a flush marker, which the backlog never refuses."""
 
 #: Named databases in a store. "entries" holds recordings; the others sit beside them.
-DATABASES = (b"meta", b"entries", b"log", b"used")
+#: "endpoints" indexes "entries" (see `llmreel.storage.candidates`); stores older than it lack it.
+DATABASES = (b"meta", b"entries", b"log", b"used", INDEX_DB)
+#: How often, at most, `candidates` rebuilds an index that does not match the entries (an older
+#: llmreel writing to the same store leaves it behind).
+_REINDEX_INTERVAL_S = 600.0
 
 
 #: Why a write failed, as counted in `llmreel_store_write_errors_total{reason}`. "backlog": the
@@ -100,6 +115,9 @@ class Store(Protocol):
     """What the proxy needs from a store. A shared tier (e.g. Redis) implements the same."""
 
     path: str
+    blocking_reads: bool
+    """Whether `get` and `candidates` may block on file I/O for long (an export directory reads
+    and decodes a file; LMDB reads mapped pages): if so, call them off the event loop."""
 
     def get(
         self, namespace: str, key: str, seq: int = 0, *, request: bool = True
@@ -108,6 +126,9 @@ class Store(Protocol):
     def submit(self, rec: Recording) -> concurrent.futures.Future[None]: ...
     def delete(self, namespace: str, key: str, seq: int = 0) -> bool: ...
     def iter(self, namespace: str | None = None) -> Iterator[Recording]: ...
+    def candidates(
+        self, namespace: str, request: dict[str, Any], limit: int = CANDIDATE_LIMIT
+    ) -> list[dict[str, Any]]: ...
     def stats(self) -> StoreStats: ...
     def flush(self, timeout: float | None = None) -> None: ...
     def close(self) -> None: ...
@@ -127,6 +148,8 @@ def validate_namespace(namespace: str) -> str:
 
 class LmdbStore:
     """An LMDB environment holding recordings (and, beside them, other named databases)."""
+
+    blocking_reads = False  # reads are memory-mapped page lookups, fine on the event loop
 
     def __init__(
         self,
@@ -177,6 +200,7 @@ class LmdbStore:
             self._dbs = {name: self.env.open_db(name) for name in DATABASES}
             self._meta = self._dbs[b"meta"]
             self._entries = self._dbs[b"entries"]
+            self._index = self._dbs[INDEX_DB]
             self._check_schema()
         except lmdb.Error as exc:
             self.env.close()
@@ -186,6 +210,8 @@ class LmdbStore:
         self._closed = False
         # Orders submissions against `close`: nothing is queued behind the writer's stop marker.
         self._submit_lock = threading.Lock()
+        self._reindex_lock = threading.Lock()
+        self._reindexed_at: float | None = None
 
     def _check_length(self, data_file: Path) -> None:
         # A truncated data file opens fine, but reading its missing pages kills the process
@@ -305,9 +331,7 @@ class LmdbStore:
             raise self._error("read", exc) from exc
         return StoreStats(entries=entries, size_bytes=size)
 
-    def _transact(
-        self, work: Callable[[_Txn], _T], *, write: bool = False
-    ) -> _T:
+    def _transact[T](self, work: Callable[[_Txn], T], *, write: bool = False) -> T:
         """`work(txn)` in a transaction that holds the map gate shared; its result.
 
         A write that fills the map grows it and runs again (so `work` must be repeatable); a
@@ -331,20 +355,30 @@ class LmdbStore:
 
     def put(self, rec: Recording) -> None:
         """Write one recording now, in the caller's thread."""
-        self.write_raw([(b"entries", entry_key(rec.namespace, rec.key, rec.seq), pack(rec))])
+        db_key = entry_key(rec.namespace, rec.key, rec.seq)
+        index = (INDEX_DB, index_key(db_key, rec.request), sketch(rec.request))
+        self._write_batch([(b"entries", db_key, pack(rec)), index])
 
     def submit(self, rec: Recording) -> concurrent.futures.Future[None]:
         """Queue a recording for the writer thread; the future resolves once it is committed.
 
         It fails at once, with reason "backlog", when the writer's queue is full.
         """
-        # Packing copies the body: let the writer thread do it.
-        writes = [(b"entries", entry_key(rec.namespace, rec.key, rec.seq), partial(pack, rec))]
+        # Packing copies the body, sketching hashes the request: let the writer thread do both.
+        db_key = entry_key(rec.namespace, rec.key, rec.seq)
+        writes: list[tuple[bytes, bytes, Value]] = [
+            (b"entries", db_key, partial(pack, rec)),
+            (INDEX_DB, index_key(db_key, rec.request), partial(sketch, rec.request)),
+        ]
         return self.submit_raw(writes, size=len(rec.body) + len(orjson.dumps(rec.request)))
 
     def write_raw(self, writes: _Writes) -> None:
-        """Apply (database, key, value) writes in one transaction now; a None value deletes."""
-        self._write_batch(writes)
+        """Apply (database, key, value) writes in one transaction now; a None value deletes.
+
+        Recordings written to "entries" are indexed (decoding them), unless `writes` writes
+        the index too.
+        """
+        self._write_batch(_with_index(writes))
 
     def submit_raw(
         self, writes: Sequence[tuple[bytes, bytes, Value]], *, size: int | None = None
@@ -375,7 +409,12 @@ class LmdbStore:
 
     def delete(self, namespace: str, key: str, seq: int = 0) -> bool:
         db_key = entry_key(namespace, key, seq)
-        return self._transact(lambda txn: bool(txn.delete(db_key, db=self._entries)), write=True)
+
+        def remove(txn: _Txn) -> bool:
+            self._unindex(txn, db_key)
+            return bool(txn.delete(db_key, db=self._entries))
+
+        return self._transact(remove, write=True)
 
     def _write_loop(self) -> None:
         while True:
@@ -402,7 +441,7 @@ class LmdbStore:
                 if isinstance(made, StoreError):
                     self._finish(job, made)
                 else:
-                    ready.append((job, made))
+                    ready.append((job, _with_index(made)))
             try:
                 self._write_batch([write for _, writes in ready for write in writes])
             except Exception as exc:  # noqa: BLE001 - every waiter must learn of the failure
@@ -428,10 +467,94 @@ class LmdbStore:
 
     def _apply(self, items: _Writes, txn: _Txn) -> None:
         for db, db_key, value in items:
+            if db == b"entries":
+                self._unindex(txn, db_key)  # the new value's index entry is among `items`
             if value is None:
                 txn.delete(db_key, db=self._dbs[db])
             else:
                 txn.put(db_key, value, db=self._dbs[db])
+
+    def _unindex(self, txn: _Txn, db_key: bytes) -> None:
+        """Remove the index entry of the recording at `db_key`, if there is one."""
+        old = txn.get(db_key, db=self._entries)
+        if old is not None:
+            txn.delete(index_key(db_key, packed_request(old)), db=self._index)
+
+    # --- candidates for explaining a miss -----------------------------------------------------
+
+    def candidates(
+        self, namespace: str, request: dict[str, Any], limit: int = CANDIDATE_LIMIT
+    ) -> list[dict[str, Any]]:
+        """Recorded requests of `request`'s endpoint in `namespace`, most alike first.
+
+        At most `limit`, for `llmreel.core.diff.explain`. The cost does not depend on the size
+        of the store: one range of the endpoint index (128 bytes a recording of this endpoint)
+        is ranked, and only the `limit` best are decoded. The first call on a store written by
+        an older llmreel indexes it (once, O(store)); call it off the event loop.
+        """
+        self._check_index()
+        pool = self.iter_raw(INDEX_DB, prefix=index_prefix(namespace, request))
+        keys = [entry_key_of(k) for k in most_alike(request, pool, limit)]
+        values = self._transact(lambda txn: [txn.get(k, db=self._entries) for k in keys])
+        found = [packed_request(v) for v in values if v is not None]
+        return [r for r in found if r is not None]
+
+    def _check_index(self) -> None:
+        """Rebuild the endpoint index if it does not match the entries (see `_rebuild_index`).
+
+        "Match" is judged by size alone, which costs nothing: an older llmreel that adds as
+        many recordings to a shared store as it removes goes unnoticed until the sizes differ.
+        Its new recordings are then missing from the candidates, and the ones it removed are
+        skipped; misses are still explained, from the other recordings.
+        """
+        entries, indexed = self._index_sizes()
+        if entries == indexed:
+            return
+        with self._reindex_lock:
+            recently = self._reindexed_at is not None and (
+                time.monotonic() - self._reindexed_at < _REINDEX_INTERVAL_S
+            )
+            entries, indexed = self._index_sizes()
+            if entries == indexed or recently:
+                return  # a store shared with an older llmreel: a slightly stale index will do
+            log.info(
+                "indexing the %d recordings in %s by endpoint, for explaining misses (once)",
+                entries, self.path,
+            )  # fmt: skip
+            self._rebuild_index()
+            self._reindexed_at = time.monotonic()
+
+    def _index_sizes(self) -> tuple[int, int]:
+        def sizes(txn: _Txn) -> tuple[int, int]:
+            return int(txn.stat(self._entries)["entries"]), int(txn.stat(self._index)["entries"])
+
+        return self._transact(sizes)
+
+    def _rebuild_index(self) -> None:
+        """Index every entry, and drop index entries of recordings that are gone.
+
+        This llmreel keeps the index in step with every write, so entries and index are the
+        same size; a store from before the index, or shared with an older llmreel, is not.
+        Done in batches, each its own write transaction, so the writer thread is never held
+        for long; the proxy may record meanwhile.
+        """
+        for batch in itertools.batched(self.iter_raw(b"entries"), _ITER_BATCH):
+            planned = [(db_key, value, *index_entry(db_key, value)) for db_key, value in batch]
+
+            def add(txn: _Txn, planned: list[tuple[bytes, bytes, bytes, bytes]] = planned) -> None:
+                for db_key, value, key, sketched in planned:
+                    if txn.get(db_key, db=self._entries) == value:  # unchanged since read
+                        txn.put(key, sketched, db=self._index)
+
+            self._transact(add, write=True)
+        for keys in itertools.batched((k for k, _ in self.iter_raw(INDEX_DB)), _ITER_BATCH):
+
+            def drop(txn: _Txn, keys: tuple[bytes, ...] = keys) -> None:
+                for key in keys:
+                    if txn.get(entry_key_of(key), db=self._entries) is None:
+                        txn.delete(key, db=self._index)
+
+            self._transact(drop, write=True)
 
     def _error(self, action: str, exc: lmdb.Error) -> StoreError:
         """Translate an lmdb error into one that says what happened and what to do."""
@@ -523,6 +646,22 @@ def _resolve(job: _Job) -> _Writes | StoreError:
         return [(db, key, value() if callable(value) else value) for db, key, value in job.writes]
     except Exception as exc:  # noqa: BLE001 - one bad value must not fail the other jobs
         return StoreError(f"cannot encode a value for the store: {exc}")
+
+
+def _with_index(writes: _Writes) -> _Writes:
+    """`writes` with the index entry of each recording written to "entries" after it.
+
+    Writes that write the index themselves (`put`, `submit`) are taken as they are. Deletes
+    need no index entry here: `_apply` removes the old one of every recording it replaces.
+    """
+    if any(db == INDEX_DB for db, _, _ in writes) or not any(db == b"entries" for db, _, _ in writes):
+        return writes
+    out: _Writes = []
+    for db, db_key, value in writes:
+        out.append((db, db_key, value))
+        if db == b"entries" and value is not None:
+            out.append((INDEX_DB, *index_entry(db_key, value)))
+    return out
 
 
 def _weight(writes: Sequence[tuple[bytes, bytes, Value]]) -> int:
