@@ -18,12 +18,13 @@ same overlap (`resemblance`), and hands `closest` only the few most alike of the
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import hashlib
 import re
 import struct
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ __all__ = [
     "endpoint",
     "explain",
     "field_diff",
+    "likeness",
     "resemblance",
     "sketch",
 ]
@@ -47,6 +49,7 @@ _WIDTH = 60
 # Lists longer than this are compared index by index: sequence alignment is quadratic.
 _ALIGN_MAX = 2000
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_NO_LIMIT = 1 << 32  # above every 32-bit hash
 #: Hashes kept in a `sketch` (4 bytes each). With 16, a candidate among hundreds of near-copies
 #: (one growing conversation) often ranked below the 32 that a store decodes; 32 kept it in.
 _SKETCH_HASHES = 32
@@ -144,19 +147,36 @@ def sketch(request: dict[str, Any]) -> bytes:
 
 def resemblance(a: bytes, b: bytes) -> float:
     """How alike the requests behind two sketches are: their estimated overlap, in [0, 1]."""
-    mine, theirs = _hashes(a), _hashes(b)
-    union = mine | theirs
-    if len(mine) < _SKETCH_HASHES and len(theirs) < _SKETCH_HASHES:
-        shown = union  # both sketches hold every part: the overlap is exact
-    else:
-        shown = set(sorted(union)[:_SKETCH_HASHES])
-    if not shown:
-        return 1.0
-    return len(shown & mine & theirs) / len(shown)
+    return likeness(a)(b)
 
 
-def _hashes(packed: bytes) -> set[int]:
-    return set(struct.unpack(f">{len(packed) // 4}I", packed))
+def likeness(a: bytes) -> Callable[[bytes], float]:
+    """`resemblance(a, b)` as a function of `b`: faster for comparing one sketch with many.
+
+    The overlap is counted over the hashes up to the smaller of the two sketches' largest (all
+    of them for a sketch that holds every part): below that, each sketch holds every hash of
+    its request, so this is the exact overlap of a random sample of the parts.
+    """
+    mine = _hashes(a)
+    mine_set = frozenset(mine)
+    mine_top = mine[-1] if len(mine) >= _SKETCH_HASHES else _NO_LIMIT
+
+    def score(b: bytes) -> float:
+        theirs = _hashes(b)
+        shared = len(mine_set.intersection(theirs))
+        top = min(mine_top, theirs[-1] if len(theirs) >= _SKETCH_HASHES else _NO_LIMIT)
+        if top == _NO_LIMIT:  # both hold every part
+            counted = len(mine) + len(theirs) - shared
+        else:  # every shared hash is <= top: it is in both sketches
+            counted = bisect.bisect_right(mine, top) + bisect.bisect_right(theirs, top) - shared
+        return shared / counted if counted else 1.0
+
+    return score
+
+
+def _hashes(packed: bytes) -> tuple[int, ...]:
+    """A sketch's hashes, ascending."""
+    return struct.unpack(f">{len(packed) // 4}I", packed)
 
 
 def _quick(value: Any) -> int:

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from llmreel.core.diff import endpoint, resemblance, sketch
+from llmreel.core.diff import endpoint, likeness, sketch
 from llmreel.storage.records import RecordError, unpack
 
 __all__ = [
     "CANDIDATE_LIMIT",
     "INDEX_DB",
+    "RANK_AT_MOST",
     "endpoint_id",
     "entry_key_of",
     "index_entry",
@@ -40,6 +42,10 @@ __all__ = [
 INDEX_DB = b"endpoints"
 #: Candidates decoded for one miss: `closest` compares them field by field.
 CANDIDATE_LIMIT = 32
+#: Index entries ranked for one miss, at most (a few µs each), so that its cost has a ceiling
+#: however many recordings one endpoint has. Past it, the first in key order: keys are digests,
+#: so that is a random sample.
+RANK_AT_MOST = 10_000
 _ID_BYTES = 8
 #: The endpoint id of entries that cannot be decoded: indexed all the same, so that the index
 #: and the entries stay the same size (see `LmdbStore.candidates`), but never a candidate.
@@ -87,8 +93,9 @@ def packed_request(packed: bytes) -> dict[str, Any] | None:
 def most_alike[K](request: dict[str, Any], pool: Iterable[tuple[K, bytes]], limit: int) -> list[K]:
     """The keys of the `limit` (key, sketch) pairs most like `request`, best first.
 
-    Among equals the earlier in `pool` wins, so a stable pool gives a stable choice.
+    Only the first `RANK_AT_MOST` pairs of `pool` are looked at. Among equals the earlier in
+    `pool` wins, so a stable pool gives a stable choice.
     """
-    mine = sketch(request)
-    best = heapq.nlargest(limit, pool, key=lambda item: resemblance(mine, item[1]))
+    score = likeness(sketch(request))
+    best = heapq.nlargest(limit, itertools.islice(pool, RANK_AT_MOST), key=lambda item: score(item[1]))
     return [key for key, _ in best]
