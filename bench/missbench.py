@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+
 from llmreel.core.diff import closest, describe, field_diff
 from llmreel.storage.dirstore import DirStore, sync_export
 from llmreel.storage.lmdbstore import LmdbStore, Store, entry_key

@@ -38,9 +38,9 @@ if __package__ in (None, ""):  # `python bench/soak.py`: make the checkout impor
 
 from llmreel.cli.clientenv import write_bundle
 from llmreel.core.keys import request_digest
-from llmreel.providers.wire_apis import classify, summarize
-from llmreel.storage.records import RecordError, unpack
+from llmreel.providers import classify, summarize
 from llmreel.storage.lmdbstore import LmdbStore, entry_key
+from llmreel.storage.records import RecordError, unpack
 from tests.fakeupstream import FakeUpstream
 
 if TYPE_CHECKING:

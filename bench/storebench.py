@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
-from llmreel.storage.records import Recording, pack
 from llmreel.storage.lmdbstore import LmdbStore, entry_key
+from llmreel.storage.records import Recording, pack
 
 from . import payloads
 from .procs import log

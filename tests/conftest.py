@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -135,3 +137,25 @@ def bundle(confdir: Path) -> str:
 def http_client(proxy: ProxyThread, bundle: str, **kw: Any) -> httpx.Client:
     """An httpx client that goes through the proxy and trusts its CA."""
     return httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=bundle), timeout=30, **kw)
+
+
+def wait_until[T](check: Callable[[], T], what: str, timeout: float = 30) -> T:
+    """Poll `check` until it returns something truthy, and return that; fail after `timeout`
+    seconds (a deadline for a hang, not a speed requirement) saying `what` never happened."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.02)
+    return result
+
+
+def need_binary(name: str, package: str = "prometheus") -> str:
+    """The path of an external tool. Without it a test is skipped on a developer's machine, but
+    fails in CI, where a skip would hide a check that never ran (.ci/run installs `package`)."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed; .ci/run installs Debian's {package} package")
+        pytest.skip(f"{name} is not installed (apt-get install {package})")
+    return path

@@ -1478,6 +1478,9 @@ class _Handler(BaseHTTPRequestHandler):
         )
         if reply is None:
             reply = build_reply(self.command, split.path, split.query, self.headers.get, body)
+            rewrite = self.server.upstream.rewrite
+            if rewrite is not None:
+                reply = rewrite(reply)
         try:
             self._write(reply)
         except (OSError, ValueError):
@@ -1703,6 +1706,8 @@ class FakeUpstream:
         self._thread: threading.Thread | None = None
         self._tmpdir: str | None = None
         self._cert_path: str | None = None
+        #: A test hook: changes every reply on purpose (a provider that changed its answers).
+        self.rewrite: Callable[[Reply], Reply] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from prometheus_client import CollectorRegistry
 
 from llmreel.addons.recorder import Recorder
+from tests.leaks import leaks
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
 CHAT_RESPONSE = {
@@ -76,8 +77,16 @@ async def exchange(recorder: Recorder, flow: Any, **response: Any) -> Any:
     await recorder.response(flow)
     assert recorder.store is not None
     recorder.store.flush(5)
-    await asyncio.sleep(0.01)  # let the commit callbacks run on this loop
+    await settled(recorder)
     return flow
+
+
+async def settled(recorder: Recorder, timeout: float = 5.0) -> None:
+    """Wait until the store's commit callbacks ran on this loop (every single flight ended)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len(recorder.engine.flights):
+        assert asyncio.get_running_loop().time() < deadline, "commit callbacks never ran"
+        await asyncio.sleep(0)
 
 
 def sample(recorder: Recorder, name: str, **labels: str) -> float:
@@ -116,7 +125,7 @@ async def test_changed_prompt_is_a_new_recording(recorder: Recorder) -> None:
 async def test_offline_miss_is_a_clear_non_retryable_error(recorder: Recorder) -> None:
     configure(recorder, llmreel_mode="offline")
     flow = await exchange(recorder, chat_flow())
-    assert flow.response.status_code == 404
+    assert flow.response.status_code == 412
     assert flow.response.headers["x-should-retry"] == "false"
     assert flow.response.headers["llmreel-cache"] == "offline_miss"
     error = json.loads(flow.response.content)["error"]
@@ -161,10 +170,12 @@ def test_auto_mode_allows_upstream_connections(recorder: Recorder) -> None:
 
 
 async def test_control_headers_are_removed_before_upstream(recorder: Recorder) -> None:
-    flow = chat_flow(headers={"llmreel-cache": "bypass", "llmreel-namespace": "test_a"})
+    flow = chat_flow(headers={"llmreel-cache": "bypass", "llmreel-namespace": "test_a",
+                              "llmreel-session": "agent-run-1"})  # fmt: skip
     await recorder.request(flow)
     assert "llmreel-cache" not in flow.request.headers
     assert "llmreel-namespace" not in flow.request.headers
+    assert "llmreel-session" not in flow.request.headers
     assert flow.response is None  # forwarded
 
 
@@ -186,7 +197,7 @@ async def test_refresh_overwrites(recorder: Recorder) -> None:
 
 async def test_only_serves_or_fails_without_network(recorder: Recorder) -> None:
     flow = await exchange(recorder, chat_flow(headers={"llmreel-cache": "only"}))
-    assert flow.response.status_code == 404
+    assert flow.response.status_code == 412
 
 
 async def test_unknown_control_value_is_rejected_with_the_valid_ones(recorder: Recorder) -> None:
@@ -268,10 +279,8 @@ async def test_no_secret_reaches_the_store(recorder: Recorder, tmp_path: Path) -
     await exchange(recorder, gemini, body=gemini_body)
     assert recorder.store is not None and recorder.store.stats().entries == 2
     recorder.done()
-    for file in (tmp_path / "store").iterdir():
-        data = file.read_bytes()
-        assert secret.encode() not in data
-        assert b"SECRET" not in data  # the upstream's set-cookie
+    # Every file, and every stored value decompressed; "SECRET" is the upstream's set-cookie.
+    assert leaks(tmp_path / "store", {"key": secret, "cookie": "SECRET"}) == []
 
 
 async def test_hits_count_as_saved_not_billed(recorder: Recorder) -> None:
@@ -288,19 +297,7 @@ async def test_hits_count_as_saved_not_billed(recorder: Recorder) -> None:
     )
 
 
-async def test_single_flight_waits_for_the_leader(recorder: Recorder) -> None:
-    leader = chat_flow()
-    await recorder.request(leader)
-    assert leader.response is None  # on its way upstream
-    follower = chat_flow()
-    waiting = asyncio.ensure_future(recorder.request(follower))
-    await asyncio.sleep(0.05)
-    assert not waiting.done()
-    upstream_response(leader)
-    recorder.responseheaders(leader)
-    await recorder.response(leader)
-    await asyncio.wait_for(waiting, 5)
-    assert follower.response.headers["llmreel-cache"] == "hit"
+# Single flight is tested in test_engine.py (engine) and test_singleflight.py (a real proxy).
 
 
 def test_bad_options_are_reported(recorder: Recorder) -> None:
@@ -326,7 +323,7 @@ async def test_sequence_mode_replays_occurrences_in_order_then_the_last(recorder
         flow = await exchange(recorder, chat_flow(), body={**CHAT_RESPONSE, "id": f"call-{n}"})
         assert flow.response.headers["llmreel-cache"] == "miss"
     configure(recorder, llmreel_mode="offline")
-    recorder._occurrences.clear()  # a new run
+    recorder.engine.new_run()
     ids = [json.loads((await exchange(recorder, chat_flow())).response.content)["id"] for _ in range(4)]
     assert ids == ["call-0", "call-1", "call-1", "call-1"]
 
@@ -377,7 +374,7 @@ async def test_hits_are_marked_used_and_reported(recorder: Recorder) -> None:
     assert report.used == {("default", key, 0)}
     report.find_unused([("default", key, 0), ("default", "old", 0)])
     assert report.unused == [("default", "old")]  # the two written now are not "unused"
-    recorder._flush_used()
+    recorder.engine.flush_used()
     store = recorder.store
     assert isinstance(store, LmdbStore)
     store.flush(5)

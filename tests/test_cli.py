@@ -107,7 +107,8 @@ def test_run_sets_up_the_environment_and_returns_the_exit_code(
         reply = client.chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{{"role": "user", "content": "from a child"}}])
         names = ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "SSL_CERT_FILE",
-                 "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "NO_PROXY"]
+                 "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "NO_PROXY",
+                 "LLMREEL_RUN_ID"]
         print(json.dumps({{"cache": reply.headers["llmreel-cache"], "env": {{n: os.environ.get(n) for n in names}}}}))
         sys.exit(3)
     """))
@@ -123,9 +124,55 @@ def test_run_sets_up_the_environment_and_returns_the_exit_code(
     bundles = {report["env"][n] for n in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")}
     assert bundles == {str(confdir / "llmreel-ca-bundle.pem")}
     assert report["env"]["NO_PROXY"] == ""
+    # The run's id: given to the child, named in the report, and on every exchange it logged.
+    run_id = report["env"]["LLMREEL_RUN_ID"]
+    assert re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{26}", run_id)
+    assert f"(run {run_id})" in result.stderr
+    logged = subprocess.run([LLMREEL, "log", "ls", "--store", str(tmp_path / "store"), "--json"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert [json.loads(line)["run"] for line in logged.stdout.splitlines()] == [run_id]
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert json.loads(again.stdout.strip().splitlines()[-1])["cache"] == "hit"
+
+
+def test_run_sets_base_urls_by_provider_says_what_it_cannot_and_counts_unused(
+    tmp_path: Path, confdir: Path, fake: FakeUpstream
+) -> None:
+    from llmreel.storage.lmdbstore import LmdbStore
+    from llmreel.storage.records import Recording
+
+    with LmdbStore(tmp_path / "store") as store:  # a recording this run has no reason to replay
+        store.put(Recording(key="0" * 32, namespace="default", request={"old": True}, status=200,
+                            headers=[], body=b"{}"))  # fmt: skip
+    script = tmp_path / "agent.py"
+    script.write_text(textwrap.dedent("""
+        import json, os
+        import openai
+        # No base_url: the SDK reads OPENAI_BASE_URL, which llmreel run set for the reverse listener.
+        client = openai.OpenAI(api_key="sk-test-1234567890abcdefghij", max_retries=0)
+        reply = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "via the reverse listener"}])
+        print(json.dumps({"cache": reply.headers["llmreel-cache"],
+                          "base": os.environ.get("OPENAI_BASE_URL")}))
+    """))
+    cmd = [LLMREEL, "run", "--store", str(tmp_path / "store"), "--confdir", str(confdir),
+           "--set", f"ssl_verify_upstream_trusted_ca={fake.cert_path}",
+           "--reverse", f"{fake.url}@0", "--provider-host", "127.0.0.1=openai",
+           "--reverse", "https://llm.internal@0", "--", sys.executable, str(script)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    child = json.loads(result.stdout.strip().splitlines()[-1])
+    assert child["cache"] == "miss"
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", child["base"]), child
+    assert len(fake.requests) == 1
+    # The listener whose API llmreel cannot tell: which base URL to use, and how to name the API.
+    advice = next(line for line in result.stderr.splitlines() if "listener for https://llm.internal" in line)
+    assert re.search(r"set your client's base URL to http://127\.0\.0\.1:\d+ ", advice), advice
+    assert "--provider-host llm.internal=openai" in advice
+    # The unused recording is counted, not listed.
+    assert "1 recording(s) in the namespaces used were not replayed" in result.stderr
+    assert "unused 0000" not in result.stderr
 
 
 def test_run_passes_success_through(tmp_path: Path, confdir: Path) -> None:
@@ -189,7 +236,7 @@ def test_offline_run_fails_on_a_swallowed_miss_and_reports_it(
         client = openai.OpenAI(base_url="{fake.url}/v1", api_key="sk-test-1234567890abcdefghij", max_retries=0)
         try:
             client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "unrecorded"}}])
-        except openai.NotFoundError as exc:
+        except openai.APIStatusError as exc:
             print("swallowed:", exc)
     """))
     base = [LLMREEL, "run", "--store", str(tmp_path / "store"), "--confdir", str(confdir), "--mode", "offline"]

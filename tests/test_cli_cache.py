@@ -11,11 +11,14 @@ import pytest
 from click.testing import CliRunner, Result
 
 from llmreel.cli.cache import cache, parse_duration
+from llmreel.core.keys import canonical_request, request_digest
+from llmreel.log import packing
+from llmreel.log.packing import pack_exchange
 from llmreel.storage.dirstore import DirStore
 from llmreel.storage.export import MARKER_FILE, entry_path
-from llmreel.core.keys import canonical_request, request_digest
-from llmreel.storage.records import Recording
 from llmreel.storage.lmdbstore import LmdbStore, entry_key
+from llmreel.storage.records import Recording
+from tests.test_exchangelog import OPENAI_KEY, make_exchange
 from tests.test_export import FIXTURES, SSE, event_chunks
 
 DAY = 86400.0
@@ -291,18 +294,38 @@ def test_audit_finds_credentials_in_lmdb_and_exports(tmp_path: Path, kind: str) 
     assert run("audit", str(out), "--allow", fingerprint).exit_code == 0
 
 
-def test_audit_reports_secrets_left_in_freed_pages(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", ["small", "compressed"])
+def test_audit_reports_secrets_left_in_freed_pages(tmp_path: Path, size: str) -> None:
     path = tmp_path / "s"
-    # Small enough to be stored uncompressed: compressed values can't be scanned as raw bytes.
-    leaked = recording("key " + SECRETS["sk-proj"], body=b'{"ok":true}')
+    secret = SECRETS["sk-proj"]
+    # Under 1 KiB a recording is stored as it is; from 1 KiB on it is compressed, and only
+    # decompressing what lies in freed space can find the key.
+    content = "key " + secret + (" and more" * 200 if size == "compressed" else "")
+    leaked = recording(content, body=b'{"ok":true}')
     with LmdbStore(path) as store:
         store.put(recording("clean"))
         store.put(leaked)
-        store.delete("default", leaked.key)
+        store.delete("default", leaked.key)  # the last write: nothing can reuse the freed pages
+    raw = (path / "data.mdb").read_bytes()
+    assert (secret.encode() in raw) == (size == "small")
     result = run("audit", "--store", str(path), ok=False)
-    if result.exit_code == 0:
-        pytest.skip("LMDB reused the freed page already")
-    assert "data.mdb, in space freed" in result.output
+    assert result.exit_code == 1, result.output
+    assert "data.mdb, in space freed by deleted or overwritten records: OpenAI API key" in result.output
+    assert secret not in result.output
+
+
+def test_audit_reads_compressed_log_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A log record written before its key's shape was known to the scrubber, as an older
+    # llmreel would have: the body is compressed, so only a decompressing audit sees the key.
+    monkeypatch.setattr(packing, "scrub_text", lambda text: text)
+    ex = make_exchange("openai-chat", request_body=f"{'padding ' * 200} {OPENAI_KEY}".encode())
+    value = pack_exchange(ex)
+    assert OPENAI_KEY.encode() not in value
+    path = tmp_path / "s"
+    with LmdbStore(path) as store:
+        store.write_raw([(b"log", ex.id.encode(), value)])
+    result = run("audit", "--store", str(path), ok=False)
+    assert f"log database, record {ex.id.encode()!r}: OpenAI API key" in result.output
 
 
 def test_audit_scans_the_log_database_and_plain_files(tmp_path: Path) -> None:
@@ -316,3 +339,21 @@ def test_audit_scans_the_log_database_and_plain_files(tmp_path: Path) -> None:
     assert f"{notes}:2:23: Google API key [redacted" in result.output
     (tmp_path / "clean.txt").write_text("Bearer [redacted 1a2b3c4d] risk-assessment-guidelines-v2")
     assert run("audit", str(tmp_path / "clean.txt")).exit_code == 0
+
+
+def test_audit_and_export_catch_credentials_in_old_recordings_query(tmp_path: Path) -> None:
+    # Recorded before `api_token` was known to name a credential: the key held it, and the
+    # recording's request still does. The value has no key shape; its name gives it away.
+    old = recording("hello")
+    old.request["query"] = [["alt", "sse"], ["api_token", "plainvalue0a1b2c3d4e"]]
+    old.key = request_digest(old.request)
+    path = tmp_path / "s"
+    with LmdbStore(path) as store:
+        store.put(old)
+    result = run("audit", "--store", str(path), ok=False)
+    assert f"default/{old.key}: request: credential in query parameter api_token" in result.output
+    assert "plainvalue" not in result.output
+    exported = run("export", str(tmp_path / "out"), "--store", str(path), ok=False)
+    assert exported.exit_code == 1 and "credential in query parameter api_token" in exported.output
+    fingerprint = result.output.split("[redacted ")[1].split("]")[0]
+    assert run("audit", "--store", str(path), "--allow", fingerprint).exit_code == 0

@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 from llmreel.cli.log import log
 from llmreel.core.exchange import Exchange
 from llmreel.log.exchangelog import ExchangeLog
-from llmreel.log.record import unpack_record
+from llmreel.log.packing import unpack_record
 from llmreel.storage.lmdbstore import LmdbStore
 from tests.test_exchangelog import (
     KINDS,
@@ -404,7 +404,6 @@ from tests.test_exchangelog import make_exchange
 
 store = LmdbStore(sys.argv[1])
 exchange_log = ExchangeLog(store)
-time.sleep(float(sys.argv[2]))
 for kind in ("openai-chat-stream", "anthropic", "gemini-stream"):
     ex = make_exchange(kind, started=time.time(), duration_s=0.01)
     exchange_log.append(ex)
@@ -418,17 +417,26 @@ store.close()
 def test_tail_follows_what_another_process_writes(tmp_path: Path) -> None:
     store_dir = tmp_path / "store"
     write(store_dir, [make_exchange("embeddings")])
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(store_dir), "0.5"], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    tail = subprocess.Popen(
+        [sys.executable, "-c", "from llmreel.cli.log import log; log()", "tail", "--store",
+         str(store_dir), "--count", "3", "--duration", "60", "--interval", "0.1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
     try:
-        result = run("tail", "--store", str(store_dir), "--count", "3", "--duration", "25",
-                     "--interval", "0.1")  # fmt: skip
-        written, errors = writer.communicate(timeout=30)
+        assert tail.stdout is not None
+        # The entry already there comes first: from then on, tail is following.
+        out = [tail.stdout.readline()]
+        writer = subprocess.run([sys.executable, "-c", WRITER, str(store_dir)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        rest, errors = tail.communicate(timeout=60)
     finally:
-        writer.kill()
-    assert writer.returncode == 0, errors
-    ids = written.split()
-    out = lines(result)
+        tail.kill()
+    assert writer.returncode == 0, writer.stderr
+    assert tail.returncode == 0, errors
+    OUTPUTS.append("".join(out + [rest]).encode())
+    ids = writer.stdout.split()
+    out = [line for line in out + rest.splitlines() if line.strip()]
     assert len(ids) == 3
     shown = [line.split()[2] for line in out]
     assert shown[-3:] == ids  # in order, once each, after the one already there
@@ -458,7 +466,7 @@ def test_tail_stops_quietly_on_ctrl_c(session: tuple[str, dict[str, Exchange]]) 
 
 def test_no_secret_anywhere(session: tuple[str, dict[str, Exchange]], tmp_path: Path) -> None:
     """Each test above fed OUTPUTS; this one adds the JSONL sink and checks the store now."""
-    from llmreel.log.exchangelog import JsonlSink
+    from llmreel.log.jsonl import JsonlSink
 
     store, exchanges = session
     sink_path = tmp_path / "log.jsonl"

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from llmreel.core.diff import closest, endpoint
 from llmreel.storage.dirstore import DirStore, sync_export
 from llmreel.storage.export import MARKER_FILE, entry_path
 from llmreel.storage.lmdbstore import LmdbStore, StoreError
 from llmreel.storage.records import Recording
 from llmreel.storage.stores import open_store, store_kind
-
 from tests.test_export import FIXTURES, SSE, event_chunks, make
 from tests.test_store import chat_rec
 

@@ -17,23 +17,18 @@ from typing import Any
 import orjson
 import pytest
 
-from llmreel.log import record as logrecord
-from llmreel.providers.conversation import conversation
-from llmreel.core.exchange import Exchange, new_id
-from llmreel.log.exchangelog import AmbiguousExchange, ExchangeLog, JsonlSink, UnknownExchange
-from llmreel.log.query import LogFilter, parse_duration, parse_when, percentile, stats
-from llmreel.log.record import (
-    LogRecordError,
-    exchange_record,
-    id_floor,
-    id_time,
-    pack_exchange,
-    strip_bodies,
-    unpack_record,
-)
-from llmreel.providers.wire_apis import classify, summarize
+from llmreel.core.exchange import Exchange
+from llmreel.core.ids import id_floor, id_time, new_id
 from llmreel.core.redact import fingerprint, mask_headers, mask_query
+from llmreel.log import record as logrecord
+from llmreel.log.exchangelog import AmbiguousExchange, ExchangeLog, UnknownExchange
+from llmreel.log.jsonl import JsonlSink
+from llmreel.log.packing import LogRecordError, pack_exchange, unpack_record
+from llmreel.log.query import LogFilter, parse_duration, parse_when, percentile, stats
+from llmreel.log.record import exchange_record, strip_bodies
+from llmreel.providers import classify, conversation, summarize
 from llmreel.storage.lmdbstore import LmdbStore
+from tests.leaks import readable
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -297,7 +292,7 @@ def test_odd_bodies_never_raise(body: bytes, fmt: str | None) -> None:
         assert record["request_body_format"] == fmt
     packed = pack_exchange(ex)
     assert unpack_record(packed) == orjson.loads(orjson.dumps(record))
-    assert_no_secrets(packed, "a packed record")
+    assert_no_secrets(readable(packed), "a packed record")
     assert_no_secrets(orjson.dumps(record), "a record")
 
 
@@ -327,7 +322,7 @@ def test_keys_in_bodies_headers_url_and_errors_are_masked(kind: str) -> None:
     record = exchange_record(ex)
     blob = orjson.dumps(record)
     assert_no_secrets(blob, "the record")
-    assert_no_secrets(pack_exchange(ex), "the packed record")
+    assert_no_secrets(readable(pack_exchange(ex)), "the packed record")
     assert b"Bearer [redacted " in blob and b"[redacted " in blob
     if kind == "gemini-stream":
         assert "key=%5Bredacted" in record["url"]
@@ -545,7 +540,7 @@ def test_stats_computed_by_hand() -> None:
         rec("hit", 0.01, 0.010, (100, 10)),
         rec("hit", 0.02, 0.020, (200, 20)),
         rec("hit", 0.03, 0.030, (300, 30)),
-        rec("offline_miss", 0.005, None, (0, 0), status=404),
+        rec("offline_miss", 0.005, None, (0, 0), status=412),
         rec("passthrough", 1.0, 0.005, (50, 5)),
         {"provider": "anthropic", "model": "claude", "cache": "miss", "duration_s": 3.0,
          "cost_usd": 0.5, "input_tokens": 1000, "output_tokens": 100, "status": 529},

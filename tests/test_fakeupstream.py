@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import itertools
 import json
 import socket
 import ssl
@@ -535,21 +536,22 @@ def test_cut_stream_raises_in_client(
 
 
 def test_events_arrive_incrementally(http: httpx2.Client) -> None:
-    start = time.monotonic()
+    pause = 0.08
     arrivals = []
     with http.stream(
         "POST",
         "/v1/chat/completions",
         json={"model": "m", "messages": user("one two three four five"), "stream": True},
-        headers={"x-fake-delay-ms": "80"},
+        headers={"x-fake-delay-ms": str(int(pause * 1000))},
     ) as r:
         for line in r.iter_lines():
             if line.startswith("data: "):
-                arrivals.append(time.monotonic() - start)
-    total = arrivals[-1]
-    assert len(arrivals) >= 8  # ≥ 7 gaps of 80 ms: at least ~0.56 s in total
-    assert arrivals[0] < total * 0.4  # the first event did not wait for the last
-    assert arrivals[len(arrivals) // 2] < total * 0.8
+                arrivals.append(time.monotonic())
+    assert len(arrivals) >= 8
+    # Sent as a whole at the end, the events would arrive together; sent one by one, most
+    # gaps keep the pause. Load only lengthens gaps, so this cannot fail for being slow.
+    gaps = sorted(b - a for a, b in itertools.pairwise(arrivals))
+    assert gaps[len(gaps) // 2] > 0.5 * pause, gaps
 
 
 def test_gzip_request_bodies_and_response_knob(http: httpx2.Client, up: FakeUpstream) -> None:
@@ -613,15 +615,21 @@ def test_hundred_concurrent_clients(up: FakeUpstream) -> None:
             return str(r.json()["choices"][0]["message"]["content"])
 
     start = time.monotonic()
+    one(-1)
+    single = time.monotonic() - start
+    up.reset()
+    start = time.monotonic()
     with ThreadPoolExecutor(100) as pool:
         answers = list(pool.map(one, range(100)))
     elapsed = time.monotonic() - start
     assert len(set(answers)) == 100
     assert up.connections == 100 and len(up.billed) == 100
-    assert elapsed < 100 * 0.3 / 4  # served concurrently, not one after another
+    # One after another, 100 calls would take 100 times one call (each waits 300 ms); served
+    # concurrently, a few times. A ratio to one call timed just before, not a time limit.
+    assert elapsed < 25 * single, f"100 concurrent calls took {elapsed / single:.1f}x one call"
 
 
-def test_plain_http_stop_is_fast_and_idempotent() -> None:
+def test_plain_http_stop_closes_idle_connections_and_is_idempotent() -> None:
     up = FakeUpstream(tls=False).start()
     assert up.url.startswith("http://127.0.0.1:")
     # An idle keep-alive connection must not hold up stop().
@@ -631,10 +639,14 @@ def test_plain_http_stop_is_fast_and_idempotent() -> None:
         b'{"model":"m","input":"a b c d"}'
     )
     assert b"200 OK" in idle.recv(65536)
-    start = time.monotonic()
+    # stop() must close the idle connection rather than wait for it (a hang would meet the
+    # test's timeout); the client then reads the rest of the response and the end of the stream
+    # (a TimeoutError here: the connection was left open).
     up.stop()
     up.stop()
-    assert time.monotonic() - start < 2
+    idle.settimeout(10)
+    while idle.recv(65536):
+        pass
     idle.close()
 
 

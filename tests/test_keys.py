@@ -74,6 +74,20 @@ def test_credential_query_parameters_are_not_keyed_but_others_are() -> None:
     assert key(query=[("alt", "json")]) != base
 
 
+@pytest.mark.parametrize(
+    "name", ["api_token", "subscription-key", "client_secret", "access-token", "X-Amz-Signature"]
+)
+def test_credentials_under_any_name_are_not_keyed(name: str) -> None:
+    base = key(query=[("alt", "sse")])
+    assert key(query=[("alt", "sse"), (name, "secret-one")]) == base
+    assert key(query=[(name, "secret-two"), ("alt", "sse")]) == base
+
+
+@pytest.mark.parametrize("name", ["max_tokens", "pageToken", "author", "design"])
+def test_parameters_that_only_resemble_credentials_are_keyed(name: str) -> None:
+    assert key(query=[(name, "1")]) != key(query=[(name, "2")])
+
+
 def test_query_order_does_not_matter() -> None:
     assert key(query=[("a", "1"), ("b", "2")]) == key(query=[("b", "2"), ("a", "1")])
 

@@ -6,8 +6,6 @@ official SDKs send traffic through it to three fake upstreams, one per provider.
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -23,7 +21,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ProxyThread
+from tests.conftest import ProxyThread, need_binary, wait_until
 from tests.dashboards import dashboard_queries
 from tests.fakeupstream import FakeUpstream
 
@@ -38,15 +36,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def need(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{binary} is not installed; .ci/run installs Debian's prometheus package")
-        pytest.skip(f"{binary} is not installed (apt-get install prometheus)")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +61,7 @@ def metered_proxy(
 
 @pytest.fixture
 def prometheus(metered_proxy: ProxyThread, tmp_path: Path) -> Iterator[str]:
-    binary = need("prometheus")
+    binary = need_binary("prometheus")
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -211,13 +200,19 @@ def test_metrics_match_the_upstream_and_every_dashboard_query_returns_data(
     assert ("openai", "llmreel-private-model") not in costs
 
     # promtool lints a real scrape.
-    lint = subprocess.run([need("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
+    lint = subprocess.run([need_binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
     # Prometheus has scraped all of it; then every dashboard query is valid and has data.
     wait_for(prometheus, "sum(llmreel_requests_total)", float(total))
-    time.sleep(2.5)  # rate() needs two samples of the final values
     queries = dashboard_queries(ROOT / "dashboards" / "llmreel.json")
     assert len(queries) >= 10
-    empty = [q for q in queries if not query(prometheus, q)["data"]["result"]]
-    assert not empty, f"dashboard queries without data: {empty}"
+
+    def without_data() -> list[str]:
+        return [q for q in queries if not query(prometheus, q)["data"]["result"]]
+
+    # rate() needs two scrapes of the final values: poll until the next ones have come in.
+    try:
+        wait_until(lambda: not without_data(), "data for every dashboard query")
+    except AssertionError:
+        raise AssertionError(f"dashboard queries without data: {without_data()}") from None

@@ -9,19 +9,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmreel.providers.wire_apis import (
+from llmreel.providers import (
     DEFAULT_HOSTS,
     Endpoint,
     HostMap,
     ResponseSummary,
     ToolCall,
     Usage,
-    _summarize,
     classify,
+    parse_host_mappings,
     request_model,
     summarize,
     wants_stream,
 )
+from llmreel.providers.apis import WIRE_APIS, _summarize, wire_api
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SSE = "text/event-stream; charset=utf-8"
@@ -269,6 +270,25 @@ def test_hostmap_is_a_mapping_and_merges() -> None:
 def test_hostmap_rejects_bad_keys(bad: str) -> None:
     with pytest.raises(ValueError, match="invalid host mapping"):
         HostMap({bad: "openai"})
+
+
+def test_parse_host_mappings() -> None:
+    items = [" llm.internal = openai ", "*.example.com=anthropic", "llm.internal=gemini"]
+    assert parse_host_mappings(items) == {"llm.internal": "gemini", "*.example.com": "anthropic"}
+    assert parse_host_mappings([]) == {}
+
+
+@pytest.mark.parametrize("bad", ["nonsense", "=openai", "host=", " = "])
+def test_parse_host_mappings_names_the_bad_item(bad: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_host_mappings(["ok.test=openai", bad])
+    assert str(caught.value) == f"{bad!r} is not HOST=PROVIDER, e.g. llm.internal=openai"
+
+
+def test_every_classified_api_has_a_wire_module() -> None:
+    apis = {ep.api for ep in ALL_ENDPOINTS}
+    assert apis == set(WIRE_APIS)
+    assert wire_api("some.future.api") is wire_api("openai.chat")
 
 
 def test_classify_is_memoised_and_bounded() -> None:

@@ -31,11 +31,11 @@ import httpx
 import orjson
 import pytest
 
-from llmreel.addons.recorder import Recorder
 from bench.soak import KINDS, audit_store, llm_body
-from llmreel.storage.records import Recording
+from llmreel.addons.recorder import Recorder
 from llmreel.storage.lmdbstore import LmdbStore
-from tests.conftest import ProxyThread, http_client
+from llmreel.storage.records import Recording
+from tests.conftest import ProxyThread, http_client, wait_until
 from tests.fakeupstream import FakeUpstream
 from tests.test_badinput import (
     CHAT_PATH,
@@ -270,8 +270,12 @@ def test_client_timeout_releases_the_call_for_the_next_client(
     assert (after.status_code, after.headers["llmreel-cache"]) == (200, "miss")
 
 
-def _resetting_upstream(sock: socket.socket, request: RawRequest) -> None:
-    """Resets where the `x-reset` header says; answers normally without it."""
+def _resetting_upstream(
+    head_seen: threading.Event, sock: socket.socket, request: RawRequest
+) -> None:
+    """Resets where the `x-reset` header says; answers normally without it. Mid-stream, it
+    resets once the client has the response head (`head_seen`): an RST any earlier could
+    discard what the proxy had not read yet."""
     reply = fake_reply(request)
     where = request.header("x-reset")
     if where == "before-response":
@@ -283,7 +287,7 @@ def _resetting_upstream(sock: socket.socket, request: RawRequest) -> None:
     elif where == "mid-stream":
         head = response_head(200, reply.headers, "transfer-encoding: chunked")
         sock.sendall(head + b"".join(chunk(event) for event in reply.events[:2]))
-        time.sleep(0.1)
+        head_seen.wait(30)
         reset(sock)
     elif reply.events is not None:
         sock.sendall(http_response(200, reply.headers, b"".join(reply.events)))
@@ -297,10 +301,16 @@ def test_upstream_connection_reset_reaches_the_client_and_is_not_cached(
 ) -> None:
     proxy = make_proxy()
     body = chat_body(f"reset {where}", stream=where == "mid-stream")
-    with ScriptedUpstream(_resetting_upstream) as upstream, http_client(proxy, bundle) as client:
+    head_seen = threading.Event()
+    upstream = ScriptedUpstream(functools.partial(_resetting_upstream, head_seen))
+    with upstream, http_client(proxy, bundle) as client:
         url = f"{upstream.url}{CHAT_PATH}"
+        failed: int | str
         try:
-            failed: int | str = client.post(url, json=body, headers={"x-reset": where}).status_code
+            with client.stream("POST", url, json=body, headers={"x-reset": where}) as reply:
+                head_seen.set()
+                reply.read()
+            failed = reply.status_code
         except httpx.HTTPError as exc:
             failed = type(exc).__name__
         after = client.post(url, json=body)
@@ -352,13 +362,17 @@ def test_stream_abandoned_by_the_client_is_never_cached(
     make_proxy: MakeProxy, fake: FakeUpstream, bundle: str
 ) -> None:
     proxy = make_proxy()
+    seen = exchange_log(proxy)
     url, body = llm_call(fake, "openai-stream", "I will stop listening")
     with http_client(proxy, bundle) as client:
         with client.stream("POST", url, json=body, headers={"x-fake-delay-ms": "200"}) as live:
             first = next(live.iter_raw())
-        time.sleep(0.5)  # the proxy notices the hang-up while the upstream is still sending
+        # The proxy notices the hang-up while the upstream is still sending, and accounts for
+        # the exchange; only then is the next identical call free of it.
+        (abandoned,) = wait_until(lambda: list(seen), "the abandoned exchange being accounted for")
         after = client.post(url, json=body)
     assert first.startswith(b"data: ")
+    assert (abandoned.error_type, abandoned.recorded) == ("client_disconnected", False)
     assert (after.status_code, after.headers["llmreel-cache"]) == (200, "miss")
     assert stopped_store_keys(proxy) == {after.headers["llmreel-key"]}
 
@@ -463,14 +477,23 @@ def test_proxy_survives_clients_hanging_up_at_every_stage(
     make_proxy: MakeProxy, fake: FakeUpstream, bundle: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     proxy = make_proxy()
+    seen = exchange_log(proxy)
     with caplog.at_level(logging.WARNING):
         for stage in STAGES:
             hang_up_at(stage, proxy, bundle, fake, f"hang up {stage.name}")
-        time.sleep(1.0)  # let the proxy notice the last hang-ups before we look
+        # Every call that reached the upstream is accounted for once the proxy has noticed its
+        # client hang up (how many get that far varies with timing).
+        wait_until(
+            lambda: {e.request_body for e in seen} >= {r.body for r in llm_posts(fake)},
+            "the proxy noticing the hang-ups",
+        )
         assert_still_serving(proxy, fake, bundle)
+        # Stopping ends whatever is left, so any error handling it causes is logged by now.
+        keys = stopped_store_keys(proxy)
     assert not [r for r in caplog.records if "Addon error" in r.getMessage()]
     # Only the healthy call was recorded: nothing any of the abandoned exchanges started.
-    assert len(stopped_store_keys(proxy)) == 1
+    assert [e.recorded for e in seen].count(True) == 1
+    assert len(keys) == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,6 +585,15 @@ def test_kill_9_during_heavy_recording_leaves_a_sound_store(
         offline.communicate(timeout=30)
 
 
+def write_errors(proxy: ProxyThread, reason: str) -> float:
+    """`llmreel_store_write_errors_total{reason}`: counted on the proxy's loop once the store's
+    writer thread reports the failure, so a test polls for it."""
+    value = proxy.recorder.registry.get_sample_value(
+        "llmreel_store_write_errors_total", {"reason": reason}
+    )
+    return float(value or 0)
+
+
 def test_full_store_stops_recording_loudly_but_traffic_keeps_flowing(
     make_proxy: MakeProxy,
     fake: FakeUpstream,
@@ -582,16 +614,13 @@ def test_full_store_stops_recording_loudly_but_traffic_keeps_flowing(
             client.post(url, json=chat_body(f"fill the store {i}"), headers=big) for i in range(12)
         ]
         proxy.recorder.store.flush(10)
-        time.sleep(0.2)  # write-failure callbacks run on the proxy's loop
+        failures = wait_until(lambda: write_errors(proxy, "map_full"), "a write failure being counted")
         first_again = client.post(url, json=chat_body("fill the store 0"))
         later = client.post(url, json=chat_body("after the store filled up"))
     assert [r.status_code for r in replies] == [200] * 12
     assert first_again.headers["llmreel-cache"] == "hit"  # what was recorded still replays
     assert (later.status_code, later.headers["llmreel-cache"]) == (200, "miss")
-    failures = proxy.recorder.registry.get_sample_value(
-        "llmreel_store_write_errors_total", {"reason": "map_full"}
-    )
-    assert failures is not None and failures >= 1
+    assert failures >= 1
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any(proxy.settings.store in m and "prune" in m for m in errors), errors
     proxy.stop()
@@ -626,16 +655,13 @@ def test_full_disk_stops_recording_loudly_but_traffic_keeps_flowing(
     with caplog.at_level(logging.ERROR, logger="llmreel"), http_client(proxy, bundle) as client:
         replies = [client.post(url, json=chat_body(f"fill the disk {i}"), headers=big) for i in range(16)]
         proxy.recorder.store.flush(10)
-        time.sleep(0.2)  # write-failure callbacks run on the proxy's loop
+        failures = wait_until(lambda: write_errors(proxy, "disk_full"), "a write failure being counted")
         first_again = client.post(url, json=chat_body("fill the disk 0"), headers=big)
         later = client.post(url, json=chat_body("after the disk filled up"))
     assert [r.status_code for r in replies] == [200] * 16
     assert first_again.headers["llmreel-cache"] == "hit"
     assert (later.status_code, later.headers["llmreel-cache"]) == (200, "miss")
-    failures = proxy.recorder.registry.get_sample_value(
-        "llmreel_store_write_errors_total", {"reason": "disk_full"}
-    )
-    assert failures is not None and failures >= 1
+    assert failures >= 1
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("disk is full" in m for m in errors), errors
     proxy.stop()

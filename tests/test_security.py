@@ -22,9 +22,12 @@ from typing import Any
 import httpx
 import pytest
 
-from llmreel.cli.server import Reverse
+from llmreel.cli.reverse import Reverse
+from llmreel.log.packing import pack_exchange
+from llmreel.storage.lmdbstore import LmdbStore
 from tests.conftest import ProxyThread, http_client
 from tests.fakeupstream import FakeUpstream
+from tests.leaks import leaks
 from tests.test_badinput import (
     CHAT_PATH,
     ScriptedUpstream,
@@ -34,6 +37,8 @@ from tests.test_badinput import (
     requests_total,
 )
 from tests.test_cli import LLMREEL, free_port, serve_args
+from tests.test_cli_cache import recording
+from tests.test_exchangelog import make_exchange
 from tests.test_reliability import proxy_url
 
 MakeProxy = Callable[..., ProxyThread]
@@ -45,6 +50,11 @@ SECRETS = {
     "api-key": "azureSECRETapikey0a1b2c3d4e5f6a7b8c9d0",  # Azure keys have no telltale shape
     "x-goog-api-key": "AIzaSySECRETgoogheader0a1b2c3d4e5f6g7h8",
     "query-key": "AIzaSySECRETquery0a1b2c3d4e5f6g7h8i9j0k",
+    # Credentials under other query names (Azure API Management, OAuth, ...): no key shape.
+    "query-api_token": "SECRETapitoken0a1b2c3d4e5f6g7h8i9j0k",
+    "query-subscription-key": "SECRETsubscription0a1b2c3d4e5f6g7h8",
+    "query-client_secret": "SECRETclientsecret0a1b2c3d4e5f6g7h8",
+    "query-access-token": "SECRETaccesstoken0a1b2c3d4e5f6g7h8i",
     "cookie": "SECRETcookie0a1b2c3d4e5f6g7h8i9j0",
 }
 #: Words that appear only in prompts: /metrics must never show them.
@@ -104,7 +114,11 @@ def _proc_address(hex_address: str) -> str:
 
 def drive_secret_traffic(url: str, bundle: str, upstream: FakeUpstream, run: SecretRun) -> None:
     """Calls of every kind with credentials everywhere, successes and failures alike."""
-    query = f"?key={SECRETS['query-key']}"
+    query = "?" + "&".join(
+        f"{name.removeprefix('query-')}={secret}"
+        for name, secret in SECRETS.items()
+        if name.startswith("query-")
+    )
     prompt = f"{PROMPT_WORDS[0]} {PROMPT_WORDS[1]}"
     anthropic = {"model": "claude-sonnet-4-6", "max_tokens": 50,
                  "messages": [{"role": "user", "content": prompt}]}  # fmt: skip
@@ -253,31 +267,38 @@ def test_proxy_auth_rejects_strangers_and_admits_the_user(
     assert requests_total(proxy) == 1
 
 
-def files_under(root: Path) -> Iterator[Path]:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            yield path
-
-
 def test_credentials_are_never_persisted_or_logged(secret_run: SecretRun) -> None:
     assert secret_run.returncode == 0, secret_run.stderr[-2000:]
-    places = {str(p): p.read_bytes() for p in files_under(secret_run.store)}
-    places["stdout"] = secret_run.stdout.encode()
-    places["stderr"] = secret_run.stderr.encode()
-    assert len(places) >= 4  # data.mdb, lock.mdb and both streams
-    assert b"llmreel ready" in places["stdout"]
-    leaks = [
-        (name, where)
-        for name, secret in {
-            **SECRETS,
-            **{f"upstream-cookie-{i}": c for i, c in enumerate(secret_run.upstream_cookies)},
-        }.items()
-        for where, content in places.items()
-        if secret.encode() in content
+    assert {"data.mdb", "lock.mdb"} <= {p.name for p in secret_run.store.iterdir()}
+    assert "llmreel ready" in secret_run.stdout
+    secrets = {
+        **SECRETS,
+        **{f"upstream-cookie-{i}": c for i, c in enumerate(secret_run.upstream_cookies)},
+    }
+    # Every file byte by byte, and every stored value decompressed.
+    found = leaks(secret_run.store, secrets)
+    found += [
+        (name, stream)
+        for stream, content in (("stdout", secret_run.stdout), ("stderr", secret_run.stderr))
+        for name, secret in secrets.items()
+        if secret in content
     ]
-    assert leaks == []
+    assert found == []
     # Where a URL carried a key, the log shows its masked fingerprint, so a person can debug.
     assert "redacted" in secret_run.stderr
+
+
+def test_the_leak_hunt_sees_inside_compressed_values(tmp_path: Path) -> None:
+    """The hunt above can fail: a key in a compressed recording or log record is found."""
+    planted = "SECRETplanted0a1b2c3d4e5f6g7h8i9j0k"
+    body = f"{'padding ' * 200} {planted}".encode()
+    ex = make_exchange("openai-chat", request_body=body)
+    with LmdbStore(tmp_path) as store:
+        store.put(recording(f"{'padding ' * 200} {planted}"))
+        store.write_raw([(b"log", ex.id.encode(), pack_exchange(ex))])
+    assert planted.encode() not in (tmp_path / "data.mdb").read_bytes()  # both are compressed
+    places = sorted(where.split(" database")[0] for _, where in leaks(tmp_path, {"p": planted}))
+    assert places == ["entries", "log"]
 
 
 def mode_of(path: Path) -> int:
@@ -331,7 +352,7 @@ def test_offline_mode_opens_no_connection_to_the_upstream(
             ),
         ]
         other = client.get(f"{fake.url}/v1/models")
-    assert [r.status_code for r in llm] == [404] * 3
+    assert [r.status_code for r in llm] == [412] * 3
     assert all(r.headers["llmreel-cache"] == "offline_miss" for r in llm)
     assert other.status_code == 502  # not an LLM call, and still not let out
     assert fake.connections == before
@@ -358,6 +379,6 @@ def test_offline_mode_makes_no_connection_attempt_at_all(
             replies.append(
                 direct.post(f"{proxy.reverse_url()}{CHAT_PATH}", json=chat_body("reverse"))
             )
-        assert [r.status_code for r in replies] == [404, 404, 502, 404]
+        assert [r.status_code for r in replies] == [412, 412, 502, 412]
         assert trap.accepted == 0
         assert trap.requests == []

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lmdb
 import pytest
+
 from llmreel.core.diff import endpoint, explain
 from llmreel.storage.lmdbstore import WRITE_ERROR_REASONS, LmdbStore, StoreError, entry_key
 from llmreel.storage.records import RecordError, Recording, pack, unpack

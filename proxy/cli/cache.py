@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import time
 from collections import defaultdict
@@ -18,14 +17,17 @@ from typing import Any
 
 import click
 
-from llmreel.core.audit import Finding, find, find_bytes, line_of
+from llmreel.cli.tables import print_table
+from llmreel.core.audit import find, find_in_query
+from llmreel.core.keys import request_digest
+from llmreel.core.timeparse import parse_duration
+from llmreel.log.packing import unpack_content
+from llmreel.storage.audit import audit
 from llmreel.storage.dirstore import DirStore, sync_export
 from llmreel.storage.export import dumps, to_export
-from llmreel.core.keys import request_digest
+from llmreel.storage.lmdbstore import LmdbStore, Store, StoreError, entry_key, parse_entry_key
 from llmreel.storage.records import RecordError, Recording, pack, unpack
-from llmreel.storage.lmdbstore import LmdbStore, Store, StoreError, entry_key
 from llmreel.storage.stores import open_store, store_kind
-from llmreel.core.timeparse import parse_duration
 
 __all__ = ["cache", "parse_duration"]
 
@@ -99,16 +101,10 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(exc)) from exc
 
 
-def _parse_entry_key(raw: bytes) -> EntryId:
-    namespace, _, rest = raw.decode("utf-8", "replace").partition("\x00")
-    key, _, seq = rest.partition("\x00")
-    return namespace, key, int(seq) if seq.isdigit() else 0
-
-
 def _ids(store: Store) -> list[EntryId]:
     """Every entry's identity, reading as little as each kind of store allows."""
     if isinstance(store, LmdbStore):
-        return [_parse_entry_key(k) for k, _ in store.iter_raw(b"entries")]
+        return [parse_entry_key(k) for k, _ in store.iter_raw(b"entries")]
     if isinstance(store, DirStore):
         ids = []
         for entry in store.files():
@@ -162,15 +158,6 @@ def _url(request: dict[str, Any]) -> str:
     return f"{scheme}://{hostport}{request.get('path', '')}"
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = [headers, *rows]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-        for line in lines
-    )
-
-
 def _progress(items: Iterable[Recording], total: int, label: str) -> Iterator[Recording]:
     # Only a person watching a terminal wants a bar; logs and pipes would get control codes.
     if total < _PROGRESS_MIN or not sys.stderr.isatty():
@@ -212,7 +199,8 @@ def export_command(directory: str, store: str, allow: tuple[str, ...]) -> None:
     allowed = frozenset(allow)
 
     def refuse(rec: Recording, data: bytes) -> str | None:
-        findings = find(data.decode("utf-8", "replace"), allowed)
+        findings = find_in_query(rec.request.get("query", []), allowed)
+        findings += find(data.decode("utf-8", "replace"), allowed)
         return ", ".join(sorted({str(f) for f in findings})) if findings else None
 
     with _opened(store) as source:
@@ -348,8 +336,8 @@ def ls_command(store: str, namespace: str | None, as_json: bool) -> None:
         ]
         for r in rows
     ]
-    click.echo(_table(["KEY", "NAMESPACE", "MODEL", "REQUEST", "BODY", "BYTES", "RECORDED (UTC)"],
-                      table))  # fmt: skip
+    print_table(["KEY", "NAMESPACE", "MODEL", "REQUEST", "BODY", "BYTES", "RECORDED (UTC)"],
+                table)  # fmt: skip
 
 
 @cache.command("show")
@@ -429,7 +417,8 @@ def stats_command(store: str, as_json: bool) -> None:
         if not counts:
             continue
         rows = [[k, str(c[0]), str(c[1])] for k, c in sorted(counts.items())]
-        click.echo("\n" + _table([name.upper(), "ENTRIES", "BODY BYTES"], rows))
+        click.echo()
+        print_table([name.upper(), "ENTRIES", "BODY BYTES"], rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,7 +537,7 @@ def _raw_entries(store: Store) -> Iterator[tuple[str, Callable[[], Recording], A
     """(label, decode, (namespace, key, seq) from the entry's position) for every entry."""
     if isinstance(store, LmdbStore):
         for raw_key, value in store.iter_raw(b"entries"):
-            where = _parse_entry_key(raw_key)
+            where = parse_entry_key(raw_key)
 
             def load(value: bytes = value) -> Recording:
                 return unpack(value)
@@ -588,97 +577,25 @@ def audit_command(ctx: click.Context, path: str | None, store: str, allow: tuple
     target = Path(path or store)
     if not target.exists():
         raise click.ClickException(f"nothing to audit at {target}")
-    allowed = frozenset(allow)
-    if target.is_dir() and (target / "data.mdb").exists():
-        findings, scanned = _audit_lmdb(target, allowed)
-    else:
-        findings, scanned = _audit_files(target, allowed)
-    for where, finding in findings:
-        click.echo(f"{where}: {finding}")
-    if findings:
+    try:
+        report = audit(target, frozenset(allow), decoders={b"log": _log_text})
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for leak in report.leaks:
+        where = leak.place if leak.entry is None else f"{_label(leak.entry)}: {leak.place}"
+        click.echo(f"{where}: {leak.finding}")
+    if report.leaks:
         click.echo(
-            f"audit failed: {len(findings)} credential-shaped strings in {target}. Remove the "
+            f"audit failed: {len(report.leaks)} credential-shaped strings in {target}. Remove the "
             "recordings holding them (`llmreel cache rm KEY`), or export again to drop deleted "
             "ones; rotate any real key found. If a finding is no credential, pass "
             "--allow FINGERPRINT.",
             err=True,
         )
         ctx.exit(1)
-    click.echo(f"audit passed: nothing credential-shaped in {scanned} in {target}")
+    click.echo(f"audit passed: nothing credential-shaped in {report.scanned} in {target}")
 
 
-def _audit_files(root: Path, allow: frozenset[str]) -> tuple[list[tuple[str, Finding]], str]:
-    files = [root] if root.is_file() else sorted(_walk(root))
-    out: list[tuple[str, Finding]] = []
-    for file in files:
-        try:
-            text = file.read_bytes().decode("utf-8", "replace")
-        except OSError as exc:
-            raise click.ClickException(f"cannot read {file}: {exc}") from exc
-        for finding in find(text, allow):
-            line, column = line_of(text, finding.offset)
-            out.append((f"{file}:{line}:{column}", finding))
-    return out, f"{len(files)} files"
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    for directory, subdirs, names in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if d != ".git")
-        for name in names:
-            yield Path(directory) / name
-
-
-def _audit_lmdb(root: Path, allow: frozenset[str]) -> tuple[list[tuple[str, Finding]], str]:
-    out: list[tuple[str, Finding]] = []
-    count = 0
-    try:
-        store = LmdbStore(root, create=False)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
-    try:
-        for raw_key, value in store.iter_raw(b"entries"):
-            count += 1
-            label = _label(_parse_entry_key(raw_key))
-            try:
-                parts = _record_parts(unpack(value))
-            except RecordError:
-                parts = [("undecodable entry", value.decode("utf-8", "replace"))]
-            for part, text in parts:
-                out.extend((f"{label}: {part}", f) for f in find(text, allow))
-        for db in (b"log", b"used", b"meta"):
-            for raw_key, value in store.iter_raw(db):
-                text = (raw_key + b"\n" + value).decode("utf-8", "replace")
-                where = f"{db.decode()} database, record {raw_key[:40]!r}"
-                out.extend((where, f) for f in find(text, allow))
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        store.close()
-    # Deleted and overwritten records stay in freed pages of data.mdb until reused, and they
-    # travel with the file: report what only appears there.
-    live = {f.fingerprint for _, f in out}
-    seen: set[str] = set()
-    for finding in _scan_file(root / "data.mdb", allow):
-        if finding.fingerprint not in live and finding.fingerprint not in seen:
-            seen.add(finding.fingerprint)
-            out.append(("data.mdb, in space freed by deleted or overwritten records", finding))
-    return out, f"{count} recordings"
-
-
-def _record_parts(rec: Recording) -> list[tuple[str, str]]:
-    parts = [("request", json.dumps(rec.request, ensure_ascii=False))]
-    parts += [(f"response header {name}", f"{name}: {value}") for name, value in rec.headers]
-    parts.append(("response body", rec.body.decode("utf-8", "replace")))
-    return parts
-
-
-def _scan_file(path: Path, allow: frozenset[str], window: int = 16 << 20) -> Iterator[Finding]:
-    overlap = 4096  # longer than any credential, so none is missed at a window's edge
-    try:
-        with path.open("rb") as file:
-            tail = b""
-            while block := file.read(window):
-                yield from find_bytes(tail + block, allow)
-                tail = block[-overlap:]
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc}") from exc
+def _log_text(value: bytes) -> bytes:
+    # A log record's head is plain JSON; its bodies are compressed.
+    return value + b"\n" + unpack_content(value)

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
 
 import certifi
 
+from llmreel.providers import DEFAULT_HOSTS, HostMap
+
 if TYPE_CHECKING:
-    from llmreel.cli.server import Reverse
+    from llmreel.cli.reverse import Reverse
 
 CA_BASENAME = "mitmproxy"
 BUNDLE_NAME = "llmreel-ca-bundle.pem"
 CA_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")
 PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")
-# Base-URL variables the official SDKs read, per reverse-proxy upstream host.
-BASE_URL_VARS = {
-    "api.openai.com": ("OPENAI_BASE_URL", "/v1"),
-    "api.anthropic.com": ("ANTHROPIC_BASE_URL", ""),
+# Base-URL variables the official SDKs read, by the provider a reverse listener's upstream host
+# maps to, with the path each SDK expects after the host (google-genai adds its API version).
+BASE_URL_VARS: Final[Mapping[str, tuple[str, str]]] = {
+    "openai": ("OPENAI_BASE_URL", "/v1"),
+    "anthropic": ("ANTHROPIC_BASE_URL", ""),
+    "gemini": ("GOOGLE_GEMINI_BASE_URL", ""),
+    "vertex": ("GOOGLE_VERTEX_BASE_URL", ""),
 }
 _SYSTEM_BUNDLES = (
     "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
@@ -75,9 +81,9 @@ def write_bundle(confdir: str) -> Path:
 
 
 def client_env(
-    proxy_url: str, bundle: Path, reverse: Iterable[tuple[Reverse, str]] = ()
+    proxy_url: str, bundle: Path, base_urls: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """Environment for a client process. `reverse` pairs each listener with its local URL."""
+    """Environment for a client process; `base_urls` comes from `base_url_env`."""
     env = {name: proxy_url for name in PROXY_VARS}
     # An inherited NO_PROXY (often "localhost,127.0.0.1") would send local model servers, and
     # anything else it names, around the recorder.
@@ -85,12 +91,42 @@ def client_env(
     env["no_proxy"] = ""
     for name in CA_VARS:
         env[name] = str(bundle)
-    for listener, local_url in reverse:
-        host = listener.upstream.split("://", 1)[1].split("/", 1)[0].split(":", 1)[0]
-        if host in BASE_URL_VARS:
-            var, suffix = BASE_URL_VARS[host]
-            env[var] = local_url + suffix
+    env.update(base_urls or {})
     return env
+
+
+def base_url_env(
+    reverse: Iterable[tuple[Reverse, str]], hosts: HostMap = DEFAULT_HOSTS
+) -> tuple[dict[str, str], list[str]]:
+    """SDK base-URL variables for reverse listeners, each paired with its local URL.
+
+    The variable follows the provider `hosts` maps the upstream host to (`--provider-host`
+    included). Returns the variables, and one line of advice per listener that none covers.
+    """
+    env: dict[str, str] = {}
+    advice: list[str] = []
+    for listener, local_url in reverse:
+        parts = urlsplit(listener.upstream)
+        host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or ""
+        provider = hosts.provider_for(host)
+        var, suffix = BASE_URL_VARS.get(provider or "", ("", ""))
+        if var and var not in env:
+            env[var] = local_url + suffix
+            continue
+        if var:
+            why = f"{var} already points at the first {provider} listener"
+        elif provider:
+            why = f"llmreel knows no SDK base-URL variable for {provider}"
+        else:
+            why = (
+                f"llmreel does not know which API {parts.hostname} serves (name it with "
+                f"--provider-host {parts.hostname}=openai, anthropic or gemini)"
+            )
+        advice.append(
+            f"llmreel: set your client's base URL to {local_url}{suffix} to go through the "
+            f"reverse listener for {listener.upstream}: {why}."
+        )
+    return env, advice
 
 
 def export_lines(env: dict[str, str]) -> str:

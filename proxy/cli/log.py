@@ -18,24 +18,23 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import click
 import orjson
-from rich import box
 from rich.console import Console
 from rich.padding import Padding
-from rich.table import Table
 from rich.text import Text
 
+from llmreel.cli.tables import print_table, stdout_console
 from llmreel.core.exchange import CACHE_OUTCOMES
+from llmreel.core.ids import id_floor, id_time
 from llmreel.log.exchangelog import AmbiguousExchange, ExchangeLog, UnknownExchange
 from llmreel.log.har import har_chunks
 from llmreel.log.query import LogFilter, parse_duration, parse_when
-from llmreel.log.record import id_floor, id_time, strip_bodies
+from llmreel.log.record import strip_bodies
 from llmreel.log.view import (
     LS_COLUMNS,
     NUMERIC,
     STATS_COLUMNS,
     conversation_lines,
     ls_cells,
-    plain_table,
     raw_lines,
     stats_cells,
     tail_line,
@@ -51,11 +50,6 @@ TAIL_LOOKBACK_S: Final = 10.0
 
 
 # --- shared plumbing --------------------------------------------------------------------------
-
-
-def _console() -> Console:
-    # Created per command so that it writes to whatever sys.stdout is then (CliRunner, a pipe).
-    return Console(highlight=False, emoji=False, markup=False)
 
 
 def _store_option[F: Callable[..., Any]](func: F) -> F:
@@ -168,26 +162,6 @@ def _quiet_on_broken_pipe[F: Callable[..., Any]](func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _print_table(
-    console: Console, columns: tuple[str, ...], rows: list[list[Text]], footer: list[Text] | None
-) -> None:
-    if not console.is_terminal:
-        plain = [[cell.plain for cell in row] for row in rows]
-        if footer is not None:
-            plain.append([cell.plain for cell in footer])
-        click.echo(plain_table(columns, plain))
-        return
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold", pad_edge=False)
-    for column in columns:
-        table.add_column(column, justify="right" if column in NUMERIC else "left", no_wrap=True)
-    for row in rows:
-        table.add_row(*row)
-    if footer is not None:
-        table.add_section()
-        table.add_row(*footer, style="bold")
-    console.print(table)
-
-
 def _print_lines(console: Console, lines: Iterable[tuple[Text, int]]) -> None:
     if console.is_terminal:
         for text, indent in lines:
@@ -228,7 +202,7 @@ def log() -> None:
 def ls_command(store: str, limit: int, as_json: bool, **kw: Any) -> None:
     """List exchanges, newest first."""
     flt = _filter(kw)
-    console = _console()
+    console = stdout_console()
     with _open_log(store) as exchange_log:
         records = _limited(exchange_log.iter(flt), limit)
         if as_json:
@@ -239,7 +213,7 @@ def ls_command(store: str, limit: int, as_json: bool, **kw: Any) -> None:
     if not rows:
         click.echo("no exchanges match; widen the filters (--since, --model, ...)", err=True)
         return
-    _print_table(console, LS_COLUMNS, rows, None)
+    print_table(LS_COLUMNS, rows, numeric=NUMERIC, console=console)
 
 
 def _limited(records: Iterator[dict[str, Any]], limit: int) -> Iterator[dict[str, Any]]:
@@ -265,7 +239,7 @@ def show_command(store: str, exchange_id: str, raw: bool, as_json: bool) -> None
     if as_json:
         click.echo(orjson.dumps(record, option=orjson.OPT_INDENT_2, default=str).decode())
         return
-    console = _console()
+    console = stdout_console()
     if raw:
         _print_lines(console, ((line, 0) for line in raw_lines(record)))
     else:
@@ -309,7 +283,7 @@ def tail_command(
 ) -> None:
     """Follow exchanges as they are logged, one line each, until Ctrl-C."""
     flt = _filter(kw)
-    console = _console()
+    console = stdout_console()
     out = sys.stdout
 
     def emit(record: dict[str, Any]) -> None:
@@ -499,7 +473,7 @@ def stats_command(store: str, as_json: bool, **kw: Any) -> None:
         return
     footer = stats_cells(total)
     footer[0], footer[1] = Text("total"), Text("")
-    _print_table(_console(), STATS_COLUMNS, [stats_cells(r) for r in rows], footer)
+    print_table(STATS_COLUMNS, [stats_cells(r) for r in rows], numeric=NUMERIC, footer=footer)
 
 
 @log.command(name="prune")

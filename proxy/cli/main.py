@@ -10,17 +10,29 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from llmreel.cli.cache import cache
-from llmreel.cli.log import log as log_group
 from llmreel.cli.config import apply_config, config_command
+from llmreel.cli.log import log as log_group
+from llmreel.cli.reverse import Reverse
+from llmreel.cli.server import (
+    DEFAULT_CONFDIR,
+    ProxyServer,
+    ProxySettings,
+    Running,
+    StartupError,
+)
+from llmreel.cli.verify import verify
+from llmreel.core.ids import new_id
 from llmreel.core.modes import MODES
-from llmreel.metering.report import RunReport
-from llmreel.cli.server import DEFAULT_CONFDIR, ProxyServer, ProxySettings, Reverse, Running, StartupError
 from llmreel.core.wire import is_loopback
+from llmreel.engine.options import DEFAULT_MAX_RECORD_BYTES
+from llmreel.metering.report import RunReport
+from llmreel.providers import DEFAULT_HOSTS, parse_host_mappings
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("llmreel")
@@ -87,6 +99,16 @@ def proxy_options(default_port: int, default_metrics_port: int) -> Callable[[F],
             click.option("--max-age", default="", metavar="AGE",
                          help="Recordings older than AGE (30d, 12h) are recorded again in auto mode; "
                          "offline mode warns."),
+            click.option("--budget-usd", default="", metavar="USD", envvar="LLMREEL_BUDGET_USD",
+                         help="Refuse upstream calls once this many dollars were spent since start "
+                         "(cache hits keep working). Default: no budget."),
+            click.option("--replay-pace", default="fast", show_default=True, metavar="PACE",
+                         help="Replayed streams: fast (at once), original (the recorded gaps "
+                         "between chunks), or a factor that scales the gaps (0.5: twice as fast)."),
+            click.option("--max-record-bytes", type=click.IntRange(1), default=DEFAULT_MAX_RECORD_BYTES,
+                         show_default=True, metavar="BYTES",
+                         help="Larger responses stream through to the client unrecorded (counted "
+                         "in llmreel_recordings_skipped_total)."),
             click.option("--proxy-auth", default=None, metavar="USER:PASS",
                          help="Require proxy authentication (needed to listen beyond loopback)."),
             click.option("--allow-remote", is_flag=True,
@@ -188,7 +210,8 @@ async def _start(server: ProxyServer) -> Running:
               help="Exit non-zero if any request missed the cache, even if COMMAND swallowed the "
               "error. Default: on in offline mode, off otherwise.")  # fmt: skip
 @click.option("--fail-on-unused", is_flag=True,
-              help="Exit non-zero if recordings in the namespaces used were never replayed.")
+              help="Exit non-zero if recordings in the namespaces used were never replayed, and "
+              "list them (the report only counts them otherwise; -v lists them too).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: bool, **kw: Any) -> None:
     """Run COMMAND with its LLM calls going through a fresh proxy; exit with its exit code.
@@ -197,6 +220,7 @@ def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: boo
         llmreel run -- pytest tests/
         llmreel run --mode offline -- python agent.py
     """
+    verbose = kw["verbose"]
     settings = _settings(kw)
     if shutil.which(command[0]) is None and not os.path.exists(command[0]):
         raise click.ClickException(f"command not found: {command[0]}")
@@ -206,7 +230,7 @@ def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: boo
         code, report = asyncio.run(_run(settings, list(command)))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(report.render(), err=True)
+    click.echo(report.render(list_unused=fail_on_unused or verbose), err=True)
     failures = report.failures(fail_on_miss=fail_on_miss, fail_on_unused=fail_on_unused)
     if failures and code == 0:
         click.echo(f"llmreel: failing the run: {'; '.join(failures)}", err=True)
@@ -215,17 +239,26 @@ def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: boo
 
 
 async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunReport]:
-    from llmreel.cli.clientenv import client_env, write_bundle
+    from llmreel.cli.clientenv import base_url_env, client_env, write_bundle
 
     bundle = write_bundle(settings.confdir)
+    # Every exchange of this run is tagged with its id (the log, `log ls --run`, the UI).
+    settings.run_id = settings.run_id or new_id()
     server = ProxyServer(settings)
     server.recorder.report.detailed = True  # for the unused-recordings part of the report
+    server.recorder.report.run_id = settings.run_id
     running = await _start(server)
     log.info("%s", running.summary())
     reverse = [
         (r, li.url) for r, li in zip(settings.reverse, _reverse_listeners(running), strict=False)
     ]
-    env = {**os.environ, **client_env(running.proxy_url, bundle, reverse)}
+    hosts = DEFAULT_HOSTS.merged(parse_host_mappings(settings.hosts))  # valid: the proxy started
+    base_urls, advice = base_url_env(reverse, hosts)
+    for line in advice:
+        click.echo(line, err=True)
+    env = {**os.environ, **client_env(running.proxy_url, bundle, base_urls)}
+    env["LLMREEL_RUN_ID"] = settings.run_id
+    log.info("run id %s", settings.run_id)
     loop = asyncio.get_running_loop()
     try:
         proc = await asyncio.create_subprocess_exec(*command, env=env)
@@ -275,12 +308,14 @@ def env(host: str, port: int, reverse: list[Reverse], confdir: str) -> None:
     \b
         eval "$(llmreel env)"
     """
-    from llmreel.cli.clientenv import client_env, export_lines, write_bundle
+    from llmreel.cli.clientenv import base_url_env, client_env, export_lines, write_bundle
 
     bundle = write_bundle(confdir)
     hostport = f"[{host}]" if ":" in host else host
-    pairs = [(r, f"http://{hostport}:{r.port}") for r in reverse]
-    click.echo(export_lines(client_env(f"http://{hostport}:{port}", bundle, pairs)), nl=False)
+    base_urls, advice = base_url_env([(r, f"http://{hostport}:{r.port}") for r in reverse])
+    for line in advice:
+        click.echo(line, err=True)  # stderr: stdout is for `eval`
+    click.echo(export_lines(client_env(f"http://{hostport}:{port}", bundle, base_urls)), nl=False)
 
 
 @main.command()
@@ -313,6 +348,22 @@ The CA's private key is {cert.parent / "mitmproxy-ca.pem"}: keep it private.""",
 main.add_command(cache)
 main.add_command(log_group)
 main.add_command(config_command)
+main.add_command(verify)
 
 if __name__ == "__main__":
     main()
+
+
+@main.command("addon-path")
+def addon_path() -> None:
+    """Print the path of the mitmproxy addon, for plain mitmproxy tools.
+
+    \b
+        mitmdump -s "$(llmreel addon-path)" --set llmreel_store=.llmreel
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llmreel.addons.recorder")
+    if spec is None or spec.origin is None:
+        raise click.ClickException("the llmreel addon is not installed; reinstall llmreel")
+    click.echo(str(Path(spec.origin).resolve()))

@@ -18,6 +18,8 @@ from mitmproxy.options import Options
 from mitmproxy.tools.dump import DumpMaster
 
 from llmreel.cli.clientenv import private_dir
+from llmreel.cli.reverse import Reverse
+from llmreel.engine.options import DEFAULT_MAX_RECORD_BYTES
 
 log = logging.getLogger("llmreel")
 
@@ -26,26 +28,6 @@ DEFAULT_CONFDIR = "~/.mitmproxy"
 
 class StartupError(Exception):
     """The proxy could not start; the message says why and what to do."""
-
-
-@dataclass(frozen=True, slots=True)
-class Reverse:
-    """A reverse-proxy listener: clients use http://HOST:PORT as the base URL of `upstream`."""
-
-    upstream: str
-    port: int
-
-    @classmethod
-    def parse(cls, spec: str) -> Reverse:
-        """Parse `URL@PORT` (or just `URL`, for a free port)."""
-        url, sep, port = spec.rpartition("@")
-        if not sep:
-            url, port = spec, "0"
-        if not url.startswith(("http://", "https://")) or not port.isdigit():
-            raise ValueError(
-                f"{spec!r} is not URL@PORT, e.g. --reverse https://api.openai.com@8081"
-            )
-        return cls(url.rstrip("/"), int(port))
 
 
 @dataclass(slots=True)
@@ -70,6 +52,10 @@ class ProxySettings:
     explain_misses: bool = False
     scope_by_credential: bool = False
     max_age: str = ""
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    run_id: str = ""
+    budget_usd: str = ""
+    replay_pace: str = "fast"
     proxy_auth: str | None = None
     sets: Sequence[str] = ()
     """Raw mitmproxy `NAME=VALUE` options, applied last."""
@@ -154,6 +140,10 @@ class ProxyServer:
                 llmreel_explain_misses=s.explain_misses,
                 llmreel_scope_by_credential=s.scope_by_credential,
                 llmreel_max_age=s.max_age,
+                llmreel_max_record_bytes=s.max_record_bytes,
+                llmreel_run_id=s.run_id,
+                llmreel_budget_usd=s.budget_usd,
+                llmreel_replay_pace=s.replay_pace,
             )
             if s.proxy_auth:
                 master.options.update(proxyauth=s.proxy_auth)

@@ -5,7 +5,10 @@ endpoint; `field_diff` lists the changes as JSON paths (`body.messages[2].conten
 `body.temperature`, `query.alt`, `headers.anthropic-beta`); `describe` turns them into one short
 line for an error body or a log:
 
-    messages[2].content: 'Hi' -> 'Hello'; temperature: 0.2 -> 0.3; tools[1] added: {"type":…
+    messages[2].content: 'Hi' -> 'Hello'; stream: absent -> false; tools[1] added: {"type":…
+
+A field present on one side only reads `absent -> value` (or `value -> absent`); a list item
+inserted or dropped reads `added` or `removed`.
 
 Cost: `closest` hashes each candidate's top-level body fields and list items once (orjson and
 Python's bytes hash) and scores all of them by multiset overlap, then diffs only the best five
@@ -53,6 +56,10 @@ _NO_LIMIT = 1 << 32  # above every 32-bit hash
 #: Hashes kept in a `sketch` (4 bytes each). With 16, a candidate among hundreds of near-copies
 #: (one growing conversation) often ranked below the 32 that a store decodes; 32 kept it in.
 _SKETCH_HASHES = 32
+# A path ending in a list index (`messages[3]`); quoted keys (`["a b"]`) are fields.
+_ITEM = re.compile(r"\[\d+\]$")
+#: How a change shows the side where a field does not exist (values are JSON or quoted).
+_ABSENT = "absent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,17 +68,21 @@ class Change:
 
     path: str
     kind: str
-    """"changed", "added" or "removed"."""
+    """"changed", "added" or "removed" (present in the new or the old request only)."""
     old: str | None = None
     new: str | None = None
 
     def __str__(self) -> str:
         where = _short_path(self.path)
-        if self.kind == "added":
-            return f"{where} added: {self.new}"
-        if self.kind == "removed":
-            return f"{where} removed: {self.old}"
-        return f"{where}: {self.old} -> {self.new}"
+        if self.kind in ("added", "removed") and _ITEM.search(self.path):
+            # A list item: "messages[3] added" says an item was inserted there.
+            shown = self.new if self.kind == "added" else self.old
+            return f"{where} {self.kind}: {shown}"
+        # A field: "stream removed: false" would read as an answer to "removed?", so a field
+        # present on one side only shows the other side as absent.
+        old = _ABSENT if self.kind == "added" else self.old
+        new = _ABSENT if self.kind == "removed" else self.new
+        return f"{where}: {old} -> {new}"
 
 
 # --------------------------------------------------------------------------------------------

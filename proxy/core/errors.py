@@ -11,9 +11,15 @@ from dataclasses import dataclass
 
 import orjson
 
-#: Status of an offline miss: "no recording found". 404 is not retried by any SDK we know of.
-MISS_STATUS = 404
+#: Status of an offline miss: 412 Precondition Failed ("a recording exists" did not hold). No SDK
+#: retries it, and none gives it a class of its own: the OpenAI and Anthropic SDKs raise their
+#: generic APIStatusError. A 404 became NotFoundError, which wrappers such as LangChain's turn
+#: into "model not found" and send the user looking at the model name.
+MISS_STATUS = 412
 BAD_REQUEST_STATUS = 400
+#: Status of a call refused because the run's budget is spent: "Payment Required". No SDK retries
+#: it, and none maps it to a misleading class (OpenAI and Anthropic raise their generic error).
+BUDGET_STATUS = 402
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +51,7 @@ def offline_miss(
 ) -> ErrorReply:
     message = (
         f"llmreel cache miss: no recording of {method} {url} (key {key}, namespace "
-        f"{namespace!r}) and llmreel is in offline mode, so the request was not sent. "
+        f"{namespace!r}) and llmreel is in offline mode, so the request was not sent."
     )
     if detail:
         message = f"{message} {detail}"
@@ -54,3 +60,12 @@ def offline_miss(
         "and network access."
     )
     return error_reply(api, MISS_STATUS, message, "llmreel_cache_miss")
+
+
+def budget_spent(api: str | None, spent_usd: float, budget_usd: float) -> ErrorReply:
+    message = (
+        f"llmreel budget spent: this proxy has spent ${spent_usd:.4f} upstream, past its budget "
+        f"of ${budget_usd:.4f} (--budget-usd), so the request was not sent. Recorded calls are "
+        "still replayed. Raise --budget-usd, or restart the proxy to start counting again."
+    )
+    return error_reply(api, BUDGET_STATUS, message, "llmreel_budget_exceeded")

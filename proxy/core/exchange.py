@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-import random
-import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from llmreel.core.modes import Plan
-from llmreel.storage.records import Recording
-from llmreel.core.wire import StreamTee
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from llmreel.providers.wire_apis import Endpoint, ResponseSummary, Usage
+    from llmreel.core.calls import Endpoint, ResponseSummary, Usage
 
 #: Cache outcomes, as they appear in the `llmreel-cache` response header, metrics and the log.
-CACHE_OUTCOMES = ("hit", "miss", "bypass", "refresh", "offline_miss", "passthrough")
-
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def new_id(now: float | None = None, entropy: bytes | None = None) -> str:
-    """A ULID: 26 characters that sort by creation time (48-bit ms clock, 80 random bits)."""
-    millis = int((time.time() if now is None else now) * 1000)
-    # Ids need uniqueness, not secrecy: the Mersenne Twister (seeded from os.urandom) is enough
-    # and skips a system call per exchange.
-    randomness = int.from_bytes(entropy, "big") if entropy else random.getrandbits(80)
-    value = (millis << 80) | randomness
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+CACHE_OUTCOMES = (
+    "hit", "miss", "bypass", "refresh", "offline_miss", "passthrough", "budget_refused",
+)  # fmt: skip
+#: Outcomes llmreel answered itself, without calling (or billing) the upstream.
+UNBILLED = frozenset({"hit", "offline_miss", "budget_refused"})
 
 
 @dataclass(slots=True)
@@ -74,6 +56,10 @@ class Exchange:
     request_body: bytes = b""
     response_body: bytes = b""
     summary: ResponseSummary | None = None
+    session: str = ""
+    """The `llmreel-session` request header: calls a client grouped explicitly."""
+    run: str = ""
+    """The run id of the `llmreel run` (or `--run-id`) that proxied the call."""
 
     @property
     def status_class(self) -> str:
@@ -84,30 +70,4 @@ class Exchange:
     @property
     def billed(self) -> bool:
         """Whether the upstream was called (and so billed) for this exchange."""
-        return self.cache not in ("hit", "offline_miss")
-
-
-@dataclass(slots=True)
-class FlowState:
-    """The addon's state for one flow in progress, kept in `flow.metadata["llmreel"]`."""
-
-    endpoint: Endpoint
-    plan: Plan
-    namespace: str
-    key: str
-    canonical: dict[str, Any]
-    model: str | None
-    started: float
-    """Monotonic time the request hook ran."""
-    forwarded_at: float | None = None
-    outcome: str = ""
-    replay: Recording | None = None
-    tee: StreamTee | None = None
-    leader: bool = False
-    request_body: bytes = b""
-    """The request body, content-decoded (read once)."""
-    seq: int = 0
-    """Occurrence of this identical request in the run (sequence mode), else 0."""
-    explanation: str = ""
-    """For a miss: what differs from the closest recording."""
-    request_headers: list[tuple[str, str]] = field(default_factory=list)
+        return self.cache not in UNBILLED

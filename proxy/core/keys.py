@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from llmreel.core.redact import is_secret_query_param
+from llmreel.core.credentials import is_secret_name
 
 #: Request headers that change what the upstream does, and so belong in the key.
 DEFAULT_KEY_HEADERS = frozenset(
@@ -54,21 +54,37 @@ class KeyConfig:
 DEFAULT_KEY_CONFIG = KeyConfig()
 
 
-def canonical_body(body: bytes, config: KeyConfig = DEFAULT_KEY_CONFIG) -> Any:
-    """The body as parsed JSON (minus ignored fields), or a tagged form of its bytes."""
+def parse_body(body: bytes) -> Any:
+    """The body as parsed JSON, or a tagged form of its bytes (None when empty).
+
+    This is what the client sent; behaviour (the model, streaming) is read from it, while the
+    key is made from `canonical_body`, which may leave fields out.
+    """
     if not body:
         return None
     try:
-        parsed = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         # Not JSON (or JSON orjson cannot hold, e.g. integers over 64 bits): key on the bytes.
         try:
             return {"$text": body.decode("utf-8")}
         except UnicodeDecodeError:
             return {"$base64": base64.b64encode(body).decode("ascii")}
+
+
+def without_ignored(parsed: Any, config: KeyConfig = DEFAULT_KEY_CONFIG) -> Any:
+    """`parsed` minus the configured ignored fields; a copy whenever anything could be removed."""
+    if not config._paths or not isinstance(parsed, dict | list):
+        return parsed
+    copy = orjson.loads(orjson.dumps(parsed))
     for path in config._paths:
-        _drop(parsed, path)
-    return parsed
+        _drop(copy, path)
+    return copy
+
+
+def canonical_body(body: bytes, config: KeyConfig = DEFAULT_KEY_CONFIG) -> Any:
+    """The body as parsed JSON (minus ignored fields), or a tagged form of its bytes."""
+    return without_ignored(parse_body(body), config)
 
 
 def _drop(node: Any, path: Sequence[str]) -> None:
@@ -114,10 +130,13 @@ def canonical_request(
     headers: Iterable[tuple[str, str]],
     body: bytes,
     config: KeyConfig = DEFAULT_KEY_CONFIG,
+    *,
+    parsed_body: Any = None,
 ) -> dict[str, Any]:
     """A readable, JSON-ready description of everything that is keyed.
 
-    `body` must already be content-decoded; `path` excludes the query string.
+    `body` must already be content-decoded; `path` excludes the query string. A caller that
+    already parsed the body (`parse_body`) passes it as `parsed_body` to save a second parse.
     """
     kept_headers: dict[str, str] = {}
     for name, value in headers:
@@ -135,9 +154,11 @@ def canonical_request(
         "host": host.lower().rstrip("."),
         "port": port or _DEFAULT_PORTS.get(scheme, 0),
         "path": path,
-        "query": sorted([k, v] for k, v in query if not is_secret_query_param(k)),
+        "query": sorted([k, v] for k, v in query if not is_secret_name(k)),
         "headers": kept_headers,
-        "body": canonical_body(body, config),
+        "body": canonical_body(body, config)
+        if parsed_body is None
+        else without_ignored(parsed_body, config),
     }
     return canonical
 

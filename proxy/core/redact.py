@@ -6,50 +6,17 @@ can tell two keys apart in a log without the key itself ever being written anywh
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import re
 from collections.abc import Iterable
 
-#: Headers whose value is a credential, whatever the provider.
-SECRET_HEADERS = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "x-api-key",
-        "api-key",
-        "x-goog-api-key",
-        "cookie",
-        "set-cookie",
-        "x-amz-security-token",
-        "ocp-apim-subscription-key",
-        "x-auth-token",
-        "x-portkey-api-key",
-        "helicone-auth",
-    }
-)
-_SECRET_HEADER_HINTS = ("api-key", "apikey", "token", "secret", "password", "auth")
+from llmreel.core.credentials import SHAPES, hits, is_secret_header, is_secret_name
 
-#: Query parameters that carry credentials (Gemini's `key`, Azure SAS `sig`, ...).
-SECRET_QUERY_PARAMS = frozenset(
-    {"key", "api_key", "api-key", "apikey", "access_token", "token", "sig", "signature", "auth"}
-)
-
-# Shapes of provider API keys and bearer tokens, for scrubbing free text (bodies, error messages).
-_KEY_PATTERN = re.compile(
-    r"""
-    (?:sk-(?:ant-|proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{16,})   # OpenAI, Anthropic
-    |(?:AIza[0-9A-Za-z_\-]{30,})                               # Google
-    |(?:gsk_[A-Za-z0-9]{20,})                                  # Groq
-    |(?:xai-[A-Za-z0-9]{20,})                                  # xAI
-    |(?:hf_[A-Za-z0-9]{20,})                                   # Hugging Face
-    |(?:(?:AKIA|ASIA)[0-9A-Z]{16})                             # AWS access key id
-    |(?:ghp_[A-Za-z0-9]{30,})                                  # GitHub
-    |(?<=[Bb]earer\ )[A-Za-z0-9._~+/\-]{16,}=*                 # any bearer token
-    """,
-    re.VERBOSE,
-)
+#: Substrings every credential shape contains (see `credentials.SHAPES`): text holding none of
+#: them holds no key, and needs no scrubbing.
+KEY_HINTS = tuple(dict.fromkeys(hint for shape in SHAPES for hint in shape.hints))
+_HINT = re.compile("|".join(re.escape(hint) for hint in KEY_HINTS))
 
 
 def fingerprint(secret: str) -> str:
@@ -60,14 +27,6 @@ def fingerprint(secret: str) -> str:
 def mask(secret: str) -> str:
     """Replace a credential by a marker that carries only its fingerprint."""
     return f"[redacted {fingerprint(secret)}]"
-
-
-@functools.lru_cache(maxsize=1024)
-def is_secret_header(name: str) -> bool:
-    lowered = name.lower()
-    if lowered in SECRET_HEADERS:
-        return True
-    return any(hint in lowered for hint in _SECRET_HEADER_HINTS)
 
 
 def mask_header_value(name: str, value: str) -> str:
@@ -84,36 +43,27 @@ def mask_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(name, mask_header_value(name, value)) for name, value in headers]
 
 
-def is_secret_query_param(name: str) -> bool:
-    return name.lower() in SECRET_QUERY_PARAMS
-
-
 def mask_query(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(k, mask(v) if is_secret_query_param(k) else v) for k, v in pairs]
-
-
-# Every shape in _KEY_PATTERN contains one of these: a substring test per hint is far cheaper
-# than the regex over large bodies, which rarely hold a key.
-KEY_HINTS = ("sk-", "AIza", "gsk_", "xai-", "hf_", "AKIA", "ASIA", "ghp_", "earer ")
-
-
-_HINT = re.compile("|".join(re.escape(hint) for hint in KEY_HINTS))
+    """Query parameters with every credential value masked (see `credentials.is_secret_name`)."""
+    return [(k, mask(v) if is_secret_name(k) else v) for k, v in pairs]
 
 
 def scrub_text(text: str) -> str:
-    """Mask anything in free text that is shaped like an API key or a bearer token."""
-    # One regex pass is cheapest on short strings (header values), substring tests on long ones.
-    if len(text) < 512:
-        if _HINT.search(text) is None:
-            return text
-    elif not any(hint in text for hint in KEY_HINTS):
+    """Mask anything in free text shaped like an API key, a token or a private key."""
+    # Most text holds no key. On short strings (header values) one regex pass over every hint
+    # says so fastest; on long ones, `hits` tests each shape's hints as substrings first.
+    if len(text) < 512 and _HINT.search(text) is None:
         return text
-    return _KEY_PATTERN.sub(lambda m: mask(m.group(0)), text)
-
-
-def find_secrets(text: str) -> list[str]:
-    """Credential-shaped strings in `text` (used by audits)."""
-    return [m.group(0) for m in _KEY_PATTERN.finditer(text)]
+    found = hits(text)
+    if not found:
+        return text
+    parts: list[str] = []
+    done = 0
+    for hit in found:
+        parts += (text[done : hit.start], mask(hit.value))
+        done = hit.end
+    parts.append(text[done:])
+    return "".join(parts)
 
 
 #: Where clients put the API key, in the order llmreel looks for it.
@@ -127,7 +77,7 @@ def credential_of(headers: Iterable[tuple[str, str]], query: Iterable[tuple[str,
         if found.get(name):
             return found[name].removeprefix("Bearer ").removeprefix("bearer ").strip()
     for name, value in query:
-        if is_secret_query_param(name) and value:
+        if is_secret_name(name) and value:
             return value
     return None
 

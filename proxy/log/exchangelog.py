@@ -1,9 +1,10 @@
-"""The exchange log: every LLM exchange kept in the store's `log` database, and a JSONL sink.
+"""The exchange log: every LLM exchange kept in the store's `log` database, newest first.
 
-`ExchangeLog.append` and `JsonlSink.append` are `Recorder.sinks`: they run on the proxy's event
-loop for every exchange, so they only serialise and hand the bytes on (to the store's writer
-thread, or one `write` of one line). Reading (`get`, `iter`, `stats`) works from another process
-while a proxy writes, on LMDB snapshots that never block the writer.
+`ExchangeLog.append` is one of `Recorder.sinks`: it runs on the proxy's event loop for every
+exchange, so it only hands the exchange to the store's writer thread (which packs it, see
+`proxy.log.packing`). Reading (`get`, `iter`, `stats`) works from another process while a proxy
+writes, on LMDB snapshots that never block the writer. Entries past the retention are deleted by
+`proxy.log.retention`; `proxy.log.jsonl` is the other sink, a JSONL file.
 
     log = ExchangeLog(store, retention_s=30 * 86400)
     recorder.sinks.append(log.append)
@@ -16,26 +17,18 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import logging
-import os
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from functools import partial
-from typing import IO, TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
 
+from llmreel.core.ids import id_floor
+from llmreel.log.packing import LogRecordError, pack_exchange, unpack_head, unpack_record
 from llmreel.log.query import LogFilter, StatsRow, stats
-from llmreel.log.record import (
-    LogRecordError,
-    exchange_record,
-    id_floor,
-    pack_exchange,
-    unpack_head,
-    unpack_record,
-)
-from llmreel.storage.lmdbstore import Value
+from llmreel.log.retention import PRUNE_INTERVAL_S, PrunableStore, Retention
+from llmreel.log.throttle import ThrottledLog
 
 if TYPE_CHECKING:
     from llmreel.core.exchange import Exchange
@@ -44,7 +37,6 @@ __all__ = [
     "DEFAULT_RETENTION_S",
     "AmbiguousExchange",
     "ExchangeLog",
-    "JsonlSink",
     "LogStore",
     "UnknownExchange",
 ]
@@ -53,28 +45,17 @@ log = logging.getLogger(__name__)
 
 LOG_DB: Final = b"log"
 DEFAULT_RETENTION_S: Final = 30 * 86400.0
-#: How often `append` starts a background prune of entries past retention.
-PRUNE_INTERVAL_S: Final = 3600.0
-_PRUNE_BATCH: Final = 1000
-_ERROR_REPORT_INTERVAL_S: Final = 60.0
 # Crockford base32 reads I and L as 1 and O as 0, so an id read aloud or retyped still works.
 _ID_FIX: Final = str.maketrans("ILO", "110")
 
 
-class LogStore(Protocol):
-    """What the log needs from a store (`proxy.store.LmdbStore` provides it)."""
+class LogStore(PrunableStore, Protocol):
+    """What the log needs from a store (`proxy.storage.lmdbstore.LmdbStore` provides it)."""
 
     path: str
 
     def get_raw(self, db: bytes, key: bytes) -> bytes | None: ...
-    def iter_raw(
-        self, db: bytes, *, prefix: bytes = b"", start: bytes | None = None, reverse: bool = False
-    ) -> Iterator[tuple[bytes, bytes]]: ...
     def count(self, db: bytes) -> int: ...
-    def write_raw(self, writes: list[tuple[bytes, bytes, bytes | None]]) -> None: ...
-    def submit_raw(
-        self, writes: Sequence[tuple[bytes, bytes, Value]]
-    ) -> concurrent.futures.Future[None]: ...
     def flush(self, timeout: float | None = None) -> None: ...
 
 
@@ -105,12 +86,10 @@ class ExchangeLog:
         prune_interval_s: float = PRUNE_INTERVAL_S,
     ) -> None:
         self.store = store
-        self.retention_s = retention_s if retention_s and retention_s > 0 else None
-        self._clock = clock
-        self._prune_interval_s = prune_interval_s
-        self._next_prune = 0.0  # the first append prunes what piled up while no proxy ran
-        self._pruner: threading.Thread | None = None
-        self._last_error_report = -_ERROR_REPORT_INTERVAL_S
+        self.retention = Retention(
+            store, LOG_DB, retention_s=retention_s, clock=clock, interval_s=prune_interval_s
+        )
+        self._errors = ThrottledLog(log)
 
     # --- writing (the proxy's event loop) -----------------------------------------------------
 
@@ -123,9 +102,7 @@ class ExchangeLog:
             self._report(exc)
             return
         future.add_done_callback(self._committed)
-        if self.retention_s is not None and self._clock() >= self._next_prune:
-            self._next_prune = self._clock() + self._prune_interval_s
-            self._prune_in_background()
+        self.retention.entry_added()
 
     def _committed(self, future: concurrent.futures.Future[None]) -> None:
         error = future.exception()
@@ -133,62 +110,19 @@ class ExchangeLog:
             self._report(error)
 
     def _report(self, error: BaseException) -> None:
-        # One line a minute: a full disk fails every write, and the proxy log must stay readable.
-        now = time.monotonic()
-        if now - self._last_error_report >= _ERROR_REPORT_INTERVAL_S:
-            self._last_error_report = now
-            log.error("exchange log entry not saved: %s", error)
+        self._errors.error("exchange log entry not saved: %s", error)
 
-    def _prune_in_background(self) -> None:
-        if self._pruner is not None and self._pruner.is_alive():
-            return
-        self._pruner = threading.Thread(target=self._background_prune, name="llmreel-log-prune")
-        self._pruner.daemon = True
-        self._pruner.start()
-
-    def _background_prune(self) -> None:
-        try:
-            removed = self.prune(background=True)
-        except Exception as exc:  # noqa: BLE001 - a thread's error would otherwise vanish
-            log.warning("exchange log prune failed: %s", exc)
-            return
-        if removed:
-            log.info("exchange log: removed %d entries older than the retention", removed)
-
-    def prune(self, older_than_s: float | None = None, *, background: bool = False) -> int:
+    def prune(self, older_than_s: float | None = None) -> int:
         """Delete entries that ended more than `older_than_s` (default: the retention) ago.
 
-        Returns how many were removed. Deletes go in batches so that no write transaction holds
-        the writer for long; with `background=True` they queue behind the proxy's own writes.
+        Returns how many were removed (see `Retention.prune`).
         """
-        age = older_than_s if older_than_s is not None else self.retention_s
-        if age is None:
-            return 0
-        floor = id_floor(self._clock() - age).encode()
-        removed = 0
-        while True:
-            batch = list(itertools.islice(self._keys_before(floor), _PRUNE_BATCH))
-            if not batch:
-                return removed
-            writes: list[tuple[bytes, bytes, bytes | None]] = [(LOG_DB, k, None) for k in batch]
-            if background:
-                self.store.submit_raw(writes).result(timeout=60)
-            else:
-                self.store.write_raw(writes)
-            removed += len(batch)
-
-    def _keys_before(self, floor: bytes) -> Iterator[bytes]:
-        for key, _ in self.store.iter_raw(LOG_DB):
-            if key >= floor:
-                return
-            yield key
+        return self.retention.prune(older_than_s)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every appended exchange is committed (and a running prune is done)."""
         self.store.flush(timeout)
-        pruner = self._pruner
-        if pruner is not None:
-            pruner.join(timeout)
+        self.retention.join(timeout)
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Finish pending writes; call before closing the store."""
@@ -260,50 +194,5 @@ class ExchangeLog:
         return self.store.count(LOG_DB)
 
     def stats(self, flt: LogFilter | None = None) -> tuple[list[StatsRow], StatsRow]:
-        """Totals by provider and model, and overall (see `proxy.logquery.StatsRow`)."""
+        """Totals by provider and model, and overall (see `proxy.log.query.StatsRow`)."""
         return stats(self.iter(flt))
-
-
-class JsonlSink:
-    """Writes one JSON object per exchange, one per line, to a file or (`-`) standard output.
-
-    For shipping to Loki, Elasticsearch and the like: the fields are those of
-    `exchange_record`, bodies only with `bodies=True`. The file is opened for appending and
-    created with mode 0600 (it may hold prompts); each line goes out in one unbuffered write,
-    so a crash never leaves half a line and several proxies can share one file.
-    """
-
-    def __init__(self, path: str, *, bodies: bool = False, stdout: IO[bytes] | None = None) -> None:
-        self.path = path
-        self.bodies = bodies
-        self._owned = path != "-"
-        if self._owned:
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            except OSError as exc:
-                raise OSError(
-                    f"cannot open the log file {path}: {exc.strerror}. "
-                    "Pass another --log-file, or - for standard output."
-                ) from exc
-            self._out: IO[bytes] = open(fd, "ab", buffering=0)  # closed in close()
-        else:
-            self._out = stdout if stdout is not None else sys.stdout.buffer
-        self._last_error_report = -_ERROR_REPORT_INTERVAL_S
-
-    def append(self, ex: Exchange) -> None:
-        """Write the line for `ex`. Never raises: a full disk costs log lines, not requests."""
-        try:
-            record = exchange_record(ex, bodies=self.bodies)
-            line = orjson.dumps(record, default=str) + b"\n"
-            self._out.write(line)
-            if not self._owned:
-                self._out.flush()
-        except Exception as exc:  # noqa: BLE001 - same policy as ExchangeLog.append
-            now = time.monotonic()
-            if now - self._last_error_report >= _ERROR_REPORT_INTERVAL_S:
-                self._last_error_report = now
-                log.error("cannot write the exchange log to %s: %s", self.path, exc)
-
-    def close(self) -> None:
-        if self._owned:
-            self._out.close()

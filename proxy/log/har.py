@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from llmreel.log.record import header
+from llmreel.core.wire import header
 
 __all__ = ["har_chunks", "har_entry"]
 

@@ -1,6 +1,6 @@
 """Finding exchanges in the log: time and duration parsing, filters, full-text search, statistics.
 
-Pure functions over log records (the dicts of `proxy.logrecord`); no I/O.
+Pure functions over log records (the dicts of `proxy.log.record`); no I/O.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from llmreel.core.timeparse import parse_duration
+from llmreel.log.record import record_unix
 
 __all__ = [
     "LogFilter",
@@ -21,7 +22,6 @@ __all__ = [
     "parse_duration",
     "parse_when",
     "percentile",
-    "record_unix",
     "searchable_text",
     "stats",
 ]
@@ -51,17 +51,6 @@ def parse_when(text: str, now: float) -> float:
     if moment.tzinfo is None:
         moment = moment.astimezone()  # local time
     return moment.timestamp()
-
-
-def record_unix(record: Mapping[str, Any]) -> float:
-    """The start time of a record as Unix seconds (0 if unreadable)."""
-    value = record.get("time")
-    if not isinstance(value, str):
-        return 0.0
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
 
 
 @dataclass(frozen=True, slots=True)

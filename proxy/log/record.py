@@ -1,26 +1,24 @@
-"""The exchange log's record: one JSON-ready dict per exchange, and its packed form in the store.
+"""The exchange log's record: one JSON-ready dict per exchange, its fields and how they are made.
 
-Pure functions, no I/O. `exchange_record` is the single definition of the log format: the store,
-the JSONL sink, `llmreel log ls --json` and the exports all use its field names. Every string that
-comes from the wire goes through `scrub_text`, so a key pasted into a prompt or echoed in an error
-is masked like the ones in headers.
+Pure functions, no I/O. `exchange_record` is the single definition of the log format: the store
+(`proxy.log.packing`), the JSONL sink, `llmreel log ls --json` and the exports all use its field
+names. Every string that comes from the wire goes through `scrub_text`, so a key pasted into a
+prompt or echoed in an error is masked like the ones in headers.
 """
 
 from __future__ import annotations
 
 import base64
-import struct
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from llmreel.storage.compress import CompressionError, compress, decompress
-from llmreel.providers.wire_apis import Endpoint, ResponseSummary, summarize
-from llmreel.core.redact import KEY_HINTS, scrub_text
+from llmreel.core.redact import scrub_text
+from llmreel.core.wire import header, is_event_stream
+from llmreel.providers import Endpoint, ResponseSummary, summarize
 from llmreel.providers.sse import looks_like_sse, parse_sse
-from llmreel.core.wire import is_event_stream
 
 if TYPE_CHECKING:
     from llmreel.core.exchange import Exchange
@@ -29,17 +27,12 @@ __all__ = [
     "HEAVY_FIELDS",
     "MAX_BODY_BYTES",
     "RECORD_VERSION",
-    "LogRecordError",
+    "exchange_head",
     "exchange_record",
     "format_time",
-    "header",
-    "id_time",
-    "id_floor",
-    "pack_exchange",
+    "record_content",
+    "record_unix",
     "strip_bodies",
-    "unpack_content",
-    "unpack_head",
-    "unpack_record",
 ]
 
 #: Bump when a field changes meaning or disappears; adding a field does not need a bump.
@@ -60,16 +53,6 @@ HEAVY_FIELDS: Final = (
 )
 _BODY_FIELDS: Final = ("request_body", "response_body", "events", "assembled")
 
-_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-class LogRecordError(ValueError):
-    """A stored log value that cannot be decoded."""
-
-
-# --------------------------------------------------------------------------------------------
-# Building a record
-
 
 def exchange_record(ex: Exchange, *, bodies: bool = True) -> dict[str, Any]:
     """The log record of `ex`: a JSON-ready dict with stable field names (see docs/log.md).
@@ -89,8 +72,8 @@ def exchange_record(ex: Exchange, *, bodies: bool = True) -> dict[str, Any]:
     record["response_headers"] = _headers(ex.response_headers)
     if not bodies:
         return record
-    record.update(_content(ex.endpoint, ex.request_body, ex.response_body,
-                           record["request_headers"], record["response_headers"], summary))  # fmt: skip
+    record.update(record_content(ex.endpoint, ex.request_body, ex.response_body,
+                                 record["request_headers"], record["response_headers"], summary))  # fmt: skip
     return record
 
 
@@ -132,10 +115,15 @@ def exchange_head(ex: Exchange, summary: ResponseSummary | None = None) -> dict[
         "request_body_size": len(ex.request_body),
         "response_body_size": len(ex.response_body),
     }
+    # Set only when known, so records of calls without them keep their earlier form.
+    if ex.session:
+        record["session"] = ex.session
+    if ex.run:
+        record["run"] = ex.run
     return record
 
 
-def _content(
+def record_content(
     endpoint: Endpoint,
     request_body: bytes,
     response_body: bytes,
@@ -143,7 +131,10 @@ def _content(
     response_headers: list[list[str]],
     summary: ResponseSummary | None,
 ) -> dict[str, Any]:
-    """The body fields of a record: decoded bodies, SSE events and the assembled answer."""
+    """The body fields of a record: decoded bodies, SSE events and the assembled answer.
+
+    `summary` is read from `response_body` when not given.
+    """
     response_type = header(response_headers, "content-type") or ""
     if summary is None and response_body:
         summary = summarize(endpoint, response_body, response_type)
@@ -171,34 +162,15 @@ def format_time(unix: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def id_time(exchange_id: str) -> float:
-    """The creation time (Unix seconds) a ULID carries in its first 10 characters; 0 if none."""
-    millis = 0
-    for char in exchange_id[:10].upper():
-        digit = _CROCKFORD.find(char)
-        if digit < 0:
-            return 0.0
-        millis = millis * 32 + digit
-    return millis / 1000
-
-
-def id_floor(unix: float) -> str:
-    """The smallest id made at or after `unix`: the 10 time characters of a ULID, no randomness."""
-    millis = max(0, min(int(unix * 1000), (1 << 48) - 1))
-    chars = []
-    for _ in range(10):
-        chars.append(_CROCKFORD[millis & 31])
-        millis >>= 5
-    return "".join(reversed(chars))
-
-
-def header(headers: Iterable[tuple[str, str]] | Iterable[list[str]], name: str) -> str | None:
-    """The first value of header `name` (case-insensitive) in a list of pairs."""
-    lowered = name.lower()
-    for pair in headers:
-        if len(pair) == 2 and pair[0].lower() == lowered:
-            return pair[1]
-    return None
+def record_unix(record: Mapping[str, Any]) -> float:
+    """The start time of a record (its `time`, see `format_time`) as Unix seconds; 0 if unreadable."""
+    value = record.get("time")
+    if not isinstance(value, str):
+        return 0.0
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _round(value: float | None) -> float | None:
@@ -278,108 +250,6 @@ def _assembled(summary: ResponseSummary | None) -> dict[str, Any] | None:
         "complete": summary.complete,
         "error": scrub_text(summary.error) if summary.error else None,
     }
-
-
-# --------------------------------------------------------------------------------------------
-# Packing for the store
-#
-# A packed record is MAGIC, a codec byte, the head's length (4 bytes, big-endian), the head as
-# JSON, then the heavy fields as compressed JSON. Listing, filtering and stats read only the head
-# (a few hundred bytes, no decompression); `get` and --grep decompress the rest.
-
-_BYTE_HINTS: Final = tuple(hint.encode() for hint in KEY_HINTS)
-#: Records stored by `pack_exchange`: the head, then the raw (scrubbed) bodies, compressed.
-MAGIC_RAW: Final = b"LXR1"
-_PREFIX: Final = struct.Struct(">4sBI")
-
-
-
-def pack_exchange(ex: Exchange) -> bytes:
-    """The stored form of `ex`, made cheaply on the proxy's event loop.
-
-    Only the head is built now. The bodies are stored as received, scrubbed of key-shaped
-    strings and compressed; parsing them (JSON, SSE events, the assembled answer) is left to
-    the reader (`unpack_record`), so a busy proxy pays microseconds, not a parse, per exchange.
-    """
-    head = exchange_head(ex)
-    request_body = _scrub_bytes(ex.request_body[:MAX_BODY_BYTES])
-    response_body = _scrub_bytes(ex.response_body[:MAX_BODY_BYTES])
-    head["_raw"] = {
-        # Exchange headers are masked by their producer (`mask_headers`, which also scrubs).
-        "request_headers": ex.request_headers,
-        "response_headers": ex.response_headers,
-        "request_len": len(request_body),
-        "otel_provider": ex.endpoint.otel_provider,
-    }
-    head_json = orjson.dumps(head, default=str)
-    payload = request_body + response_body
-    codec, packed = compress(payload)
-    return _PREFIX.pack(MAGIC_RAW, codec, len(head_json)) + head_json + packed
-
-
-def _scrub_bytes(body: bytes) -> bytes:
-    if not any(hint in body for hint in _BYTE_HINTS):
-        return body  # the common case: nothing key-shaped, no decode and re-encode
-    try:
-        return scrub_text(body.decode("utf-8")).encode("utf-8")
-    except UnicodeDecodeError:
-        # latin-1 maps bytes to code points one to one: ASCII key shapes are masked, nothing
-        # else changes.
-        return scrub_text(body.decode("latin-1")).encode("latin-1", "replace")
-
-
-def unpack_record(data: bytes, *, heavy: bool = True) -> dict[str, Any]:
-    """A record from its stored form; with `heavy=False` only the head (no headers or bodies)."""
-    record = _head(data)
-    raw = record.pop("_raw", None)
-    if not heavy:
-        return record
-    if raw is None:
-        raise LogRecordError("record content is missing")
-    bodies = unpack_content(data)
-    split = int(raw["request_len"])
-    endpoint = Endpoint(record["provider"], record["api"], record["operation"], raw["otel_provider"])
-    record["request_headers"] = raw["request_headers"]
-    record["response_headers"] = raw["response_headers"]
-    record.update(_content(endpoint, bodies[:split], bodies[split:], raw["request_headers"],
-                           raw["response_headers"], None))  # fmt: skip
-    if record.get("finish_reason") is None and record["assembled"] is not None:
-        record["finish_reason"] = record["assembled"]["finish_reason"]
-    return record
-
-
-def unpack_head(data: bytes) -> dict[str, Any]:
-    """The head of a stored record: every field but `HEAVY_FIELDS`."""
-    head = _head(data)
-    head.pop("_raw", None)
-    return head
-
-
-def _head(data: bytes) -> dict[str, Any]:
-    _, head_len = _prefix(data)
-    try:
-        head: dict[str, Any] = orjson.loads(data[_PREFIX.size : _PREFIX.size + head_len])
-    except orjson.JSONDecodeError as exc:
-        raise LogRecordError(f"bad record head: {exc}") from exc
-    return head
-
-
-def unpack_content(data: bytes) -> bytes:
-    """The heavy fields of a stored record as JSON text (decompressed, not parsed)."""
-    codec, head_len = _prefix(data)
-    try:
-        return decompress(codec, data[_PREFIX.size + head_len :])
-    except CompressionError as exc:
-        raise LogRecordError(f"bad record content: {exc}") from exc
-
-
-def _prefix(data: bytes) -> tuple[int, int]:
-    if len(data) < _PREFIX.size:
-        raise LogRecordError("too short to be a log record")
-    magic, codec, head_len = _PREFIX.unpack_from(data)
-    if magic != MAGIC_RAW:
-        raise LogRecordError(f"unknown log record format {magic!r}")
-    return int(codec), int(head_len)
 
 
 def strip_bodies(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,22 +7,22 @@ containing "[bold]" or a masked key "[redacted 1a2b3c4d]" prints as it is.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any, Final
 
 import orjson
 from rich.text import Text
 
-from llmreel.providers.conversation import Message, Part, conversation
-from llmreel.log.query import StatsRow, record_unix
+from llmreel.log.query import StatsRow
+from llmreel.log.record import record_unix
+from llmreel.providers import Message, Part, conversation
 
 __all__ = [
     "LS_COLUMNS",
     "STATS_COLUMNS",
     "conversation_lines",
     "ls_cells",
-    "plain_table",
     "raw_lines",
     "stats_cells",
     "tail_line",
@@ -32,7 +32,7 @@ LS_COLUMNS: Final = ("time", "id", "provider", "model", "cache", "status", "in",
                      "duration")  # fmt: skip
 STATS_COLUMNS: Final = ("provider", "model", "requests", "errors", "hits", "hit ratio", "in",
                         "out", "cost", "saved", "p50", "p95")  # fmt: skip
-#: Columns aligned right (numbers).
+#: Columns aligned right (numbers) in the tables of `llmreel log`.
 NUMERIC: Final = frozenset({"in", "out", "cost", "duration", "requests", "errors", "hits",
                             "hit ratio", "saved", "p50", "p95"})  # fmt: skip
 
@@ -127,22 +127,6 @@ def stats_cells(row: StatsRow) -> list[Text]:
         Text(seconds(row.p50_s)),
         Text(seconds(row.p95_s)),
     ]
-
-
-def plain_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Space-aligned columns without borders or colour: easy to read, grep and cut."""
-    widths = [len(c) for c in columns]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = []
-    for row in [list(columns), *rows]:
-        cells = [
-            cell.rjust(widths[i]) if columns[i] in NUMERIC else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
 
 
 # --- show -------------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ TOKEN_BUCKETS = (
     1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
 )  # fmt: skip
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: Why a complete response was not recorded (`llmreel_recordings_skipped_total{reason}`).
+SKIP_REASONS = ("too_large", "copy_failed")
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
 OTHER = "other"
 DEFAULT_MAX_MODELS = 200
@@ -147,6 +149,31 @@ class Metrics:
         )
         for reason in WRITE_ERROR_REASONS:  # zero series, so rate() has data before a failure
             self.store_write_errors.labels(reason)
+        self.recordings_skipped = Counter(
+            "llmreel_recordings_skipped",
+            "Complete 2xx responses that reached the client but were deliberately not recorded: "
+            "too_large (over --max-record-bytes) or copy_failed (llmreel's copy of the stream "
+            "was damaged).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in SKIP_REASONS:
+            self.recordings_skipped.labels(reason)
+        self.spend = Gauge(
+            "llmreel_spend_usd",
+            "US dollars billed upstream since this proxy started (what --budget-usd counts).",
+            registry=r,
+        )
+        self.budget = Gauge(
+            "llmreel_budget_usd",
+            "The spending limit set with --budget-usd (absent when there is none).",
+            registry=r,
+        )
+        self.budget_refusals = Counter(
+            "llmreel_budget_refusals",
+            "Upstream calls refused because the budget was spent.",
+            registry=r,
+        )
         self.build_info = Gauge(
             "llmreel_build_info", "llmreel build information.", ["version"], registry=r
         )
@@ -227,6 +254,9 @@ class Metrics:
 
     def store_write_failed(self, reason: str) -> None:
         self.store_write_errors.labels(reason).inc()
+
+    def recording_skipped(self, reason: str) -> None:
+        self.recordings_skipped.labels(reason).inc()
 
     def _child(self, metric: Any, *labels: str) -> Any:
         # labels() takes a lock and rebuilds a tuple on every call; the set of label values is

@@ -21,7 +21,7 @@ from typing import Any, Final
 from genai_prices import data_snapshot
 from genai_prices import types as gp
 
-from llmreel.providers.wire_apis import Usage
+from llmreel.providers import Usage
 
 __all__ = ["ModelPrice", "Pricer", "load_overrides"]
 

@@ -15,20 +15,31 @@ class Miss:
     key: str
     namespace: str
     outcome: str
-    """`miss` (recorded now) or `offline_miss` (refused)."""
+    """`miss` (sent upstream) or `offline_miss` (refused)."""
     explanation: str = ""
     """What differs from the closest recording, when one was looked for."""
+    recorded: bool = True
+    """Whether a `miss` was recorded. False when nothing was stored: the upstream answered with
+    an error, or the response was cut or incomplete. Offline misses are never recorded."""
 
 
 @dataclass(slots=True)
 class RunReport:
     """Counts cache outcomes as exchanges finish; `render` turns them into text."""
 
+    run_id: str = ""
+    """The run's id (`llmreel run`): its exchanges carry it in the log (`log ls --run`)."""
     hits: int = 0
+    spent_usd: float = 0.0
+    """US dollars billed upstream during the run."""
+    budget_usd: float | None = None
+    budget_refusals: int = 0
     misses: list[Miss] = field(default_factory=list)
     """The first `KEEP` misses, in order (a long-running proxy must not keep them all)."""
     new: int = 0
     """Misses recorded now (auto mode)."""
+    failed: int = 0
+    """Misses sent upstream but not recorded (an error reply, a cut stream)."""
     refused: int = 0
     """Offline misses."""
     written: int = 0
@@ -50,14 +61,21 @@ class RunReport:
             self.namespaces.add(namespace)
             self.used.add((namespace, key, seq))
 
+    @property
+    def missed(self) -> int:
+        """Every miss: recorded, failed and refused."""
+        return self.new + self.failed + self.refused
+
     def miss(self, miss: Miss) -> None:
         if miss.outcome == "offline_miss":
             self.refused += 1
-        else:
+        elif miss.recorded:
             self.new += 1
+        else:
+            self.failed += 1
         if self.detailed:
             self.namespaces.add(miss.namespace)
-            if miss.outcome == "miss":
+            if miss.outcome == "miss" and miss.recorded:
                 self.recorded_now.add((miss.namespace, miss.key))
         if len(self.misses) < KEEP:
             self.misses.append(miss)
@@ -75,29 +93,43 @@ class RunReport:
     def failures(self, *, fail_on_miss: bool, fail_on_unused: bool) -> list[str]:
         """Reasons the run should fail, beyond the command's own exit code."""
         reasons = []
-        if fail_on_miss and (self.new or self.refused):
-            reasons.append(f"{self.new + self.refused} cache miss(es) (--fail-on-miss)")
+        if fail_on_miss and self.missed:
+            reasons.append(f"{self.missed} cache miss(es) (--fail-on-miss)")
         if fail_on_unused and self.unused:
             reasons.append(f"{len(self.unused)} recording(s) left unused (--fail-on-unused)")
         return reasons
 
-    def render(self, limit: int = 20) -> str:
+    def render(self, limit: int = 20, *, list_unused: bool = False) -> str:
+        """The report. Unused recordings are counted; `list_unused` lists them too (a shared
+        store can hold thousands that this run had no reason to replay)."""
         lines = [
             f"llmreel: {self.hits} hit(s), {self.new} recorded, "
-            f"{self.refused} offline miss(es), {self.written} recording(s) written"
+            + (f"{self.failed} failed (not recorded), " if self.failed else "")
+            + f"{self.refused} offline miss(es), {self.written} recording(s) written"
             + (f", {self.write_failures} NOT written" if self.write_failures else "")
             + (f", {len(self.unused)} unused" if self.unused else "")
+            + (f" (run {self.run_id})" if self.run_id else "")
         ]
+        if self.budget_usd is not None:
+            lines.append(
+                f"  spent ${self.spent_usd:.4f} of a ${self.budget_usd:.4f} budget"
+                + (f"; {self.budget_refusals} call(s) refused" if self.budget_refusals else "")
+            )
         for m in self.misses[:limit]:
-            label = "MISS" if m.outcome == "offline_miss" else "new"
+            label = "MISS" if m.outcome == "offline_miss" else "new" if m.recorded else "failed"
             lines.append(f"  {label} {m.method} {m.url} key={m.key} namespace={m.namespace}")
             if m.explanation:
                 lines.extend(f"      {line}" for line in m.explanation.splitlines())
         shown = min(len(self.misses), limit)
-        if self.new + self.refused > shown:
-            lines.append(f"  ... and {self.new + self.refused - shown} more")
-        for ns, key in self.unused[:limit]:
-            lines.append(f"  unused {key} namespace={ns}")
-        if len(self.unused) > limit:
-            lines.append(f"  ... and {len(self.unused) - limit} more unused")
+        if self.missed > shown:
+            lines.append(f"  ... and {self.missed - shown} more")
+        if self.unused and not list_unused:
+            lines.append(
+                f"  {len(self.unused)} recording(s) in the namespaces used were not replayed; "
+                "-v or --fail-on-unused lists them"
+            )
+        elif self.unused:
+            lines.extend(f"  unused {key} namespace={ns}" for ns, key in self.unused[:limit])
+            if len(self.unused) > limit:
+                lines.append(f"  ... and {len(self.unused) - limit} more unused")
         return "\n".join(lines)

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
+
 from llmreel.core.diff import endpoint, likeness, sketch
 from llmreel.storage.records import RecordError, unpack
 

@@ -6,9 +6,10 @@ wherever the same codec is installed.
 
 from __future__ import annotations
 
+import re
 import zlib
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Buffer, Callable, Iterator
+from typing import Final, Protocol, cast
 
 RAW: Final = 0
 ZLIB: Final = 1
@@ -19,7 +20,18 @@ class CompressionError(ValueError):
     """A stored value that cannot be decompressed."""
 
 
-def _zstd() -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]] | None:
+class _Decompressor(Protocol):
+    """An incremental decompressor: zlib's `decompressobj()`, zstd's `ZstdDecompressor()`."""
+
+    @property
+    def eof(self) -> bool: ...
+
+    def decompress(self, data: Buffer, /) -> bytes: ...
+
+
+def _zstd() -> (
+    tuple[Callable[[bytes], bytes], Callable[[bytes], bytes], Callable[[], _Decompressor]] | None
+):
     try:
         from compression import zstd  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
@@ -34,7 +46,10 @@ def _zstd() -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]] | None:
     def decompress(data: bytes) -> bytes:
         return bytes(zstd.decompress(data))
 
-    return compress, decompress
+    def decompressor() -> _Decompressor:
+        return cast(_Decompressor, zstd.ZstdDecompressor())
+
+    return compress, decompress, decompressor
 
 
 # zstd level 1 is ~2x faster than zlib level 1 on LLM bodies, and smaller.
@@ -73,3 +88,43 @@ def decompress(codec: int, data: bytes | memoryview) -> bytes:
         return _ZSTD_CODEC[1](bytes(data))
     except Exception as exc:  # the zstd modules raise their own ZstdError
         raise CompressionError(f"bad zstd data: {exc}") from exc
+
+
+# How each codec's output begins: a zstd frame's magic number, a zlib stream's header at level 1.
+_ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
+_ZLIB_HEADER: Final = b"\x78\x01"
+_CARVE_STEP = 1 << 16  # input fed at a time: a candidate that is no stream fails within it
+_CARVE_LIMIT = 64 << 20  # output kept per stream, bounding memory whatever the data holds
+
+
+def embedded(data: Buffer) -> Iterator[bytes]:
+    """The content of every compressed value found anywhere in `data`, decompressed.
+
+    For scanning what no index points to any more, such as the freed pages of a database file:
+    each zstd frame or zlib stream is decoded as far as it goes, so a value whose end was
+    overwritten still yields its beginning.
+    """
+    view = memoryview(data).cast("B")
+    openers: list[tuple[bytes, Callable[[], _Decompressor]]] = [(_ZLIB_HEADER, zlib.decompressobj)]
+    if _ZSTD_CODEC is not None:
+        openers.append((_ZSTD_MAGIC, _ZSTD_CODEC[2]))
+    for magic, opener in openers:
+        for found in re.finditer(re.escape(magic), view):
+            content = _inflate(opener(), view, found.start())
+            if content:
+                yield content
+
+
+def _inflate(decompressor: _Decompressor, view: memoryview, start: int) -> bytes:
+    pieces: list[bytes] = []
+    size = 0
+    for offset in range(start, len(view), _CARVE_STEP):
+        try:
+            piece = decompressor.decompress(view[offset : offset + _CARVE_STEP])
+        except Exception:  # noqa: BLE001 - not a stream, or its end was overwritten: keep what decoded
+            break
+        pieces.append(piece)
+        size += len(piece)
+        if decompressor.eof or size >= _CARVE_LIMIT:
+            break
+    return b"".join(pieces)

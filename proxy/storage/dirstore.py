@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from llmreel.core.diff import sketch
 from llmreel.storage.backlog import (
     CLOSE_REPORT_INTERVAL_S,

@@ -23,8 +23,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from llmreel.storage.records import Recording
 from llmreel.core.wire import is_event_stream
+from llmreel.storage.records import Recording, from_meta, to_meta
 
 __all__ = [
     "EXPORT_VERSION",
@@ -45,6 +45,8 @@ __all__ = [
 EXPORT_VERSION = 1
 #: Written at the top of an export directory; its presence makes `--store DIR` an export.
 MARKER_FILE = "llmreel-export.json"
+#: Metadata written as floats whatever their type in memory.
+_FLOAT_META = ("recorded_at", "duration_s", "ttfc_s")
 
 
 class ExportError(ValueError):
@@ -62,36 +64,30 @@ def to_export(rec: Recording) -> dict[str, Any]:
     The store never holds credentials (keys, headers and logs leave them out); `proxy.audit`
     checks that, and `llmreel cache export` refuses entries that look otherwise.
     """
+    # The document spreads the metadata: the key on top, the status, headers and chunks with
+    # the response they describe, the rest under "meta".
+    meta = to_meta(rec)
+    key = meta.pop("key")
     body, derived_chunks = _encode_body(rec.body, rec.content_type(), rec.chunks)
     response: dict[str, Any] = {
-        "status": rec.status,
-        "headers": [[name, value] for name, value in rec.headers],
+        "status": meta.pop("status"),
+        "headers": [[name, value] for name, value in meta.pop("headers")],
         "body": body,
     }
-    if rec.chunks and derived_chunks != rec.chunks:
+    chunks = meta.pop("chunks")
+    if chunks and derived_chunks != chunks:
         # The chunking is not one chunk per event (an event split over reads, say): keep it as is.
-        response["chunks"] = [[float(t), n] for t, n in rec.chunks]
+        response["chunks"] = [[float(t), n] for t, n in chunks]
+    for name in _FLOAT_META:
+        # An int (0) would print as "0" once and "0.0" after a round trip: always floats.
+        meta[name] = None if meta[name] is None else float(meta[name])
     return {
         "llmreel_export": EXPORT_VERSION,
-        "key": rec.key,
-        "meta": {
-            "namespace": rec.namespace,
-            "seq": rec.seq,
-            "recorded_at": float(rec.recorded_at),
-            "provider": rec.provider,
-            "model": rec.model,
-            "usage": rec.usage,
-            "duration_s": _float(rec.duration_s),
-            "ttfc_s": _float(rec.ttfc_s),
-        },
+        "key": key,
+        "meta": meta,
         "request": rec.request,
         "response": response,
     }
-
-
-def _float(value: float | None) -> float | None:
-    # An int offset (0) would print as "0" once and "0.0" after a round trip: always floats.
-    return None if value is None else float(value)
 
 
 def from_export(doc: dict[str, Any]) -> Recording:
@@ -106,38 +102,21 @@ def from_export(doc: dict[str, Any]) -> Recording:
             else "not an llmreel export (no llmreel_export version field)"
         )
     try:
-        meta = doc["meta"]
         response = doc["response"]
         body, derived_chunks = _decode_body(response["body"])
         chunks = response.get("chunks")
-        return Recording(
-            key=_str(doc["key"], "key"),
-            namespace=_str(meta["namespace"], "meta.namespace"),
-            request=_dict(doc["request"], "request"),
-            status=int(response["status"]),
-            headers=[(str(name), str(value)) for name, value in response["headers"]],
-            body=body,
-            chunks=(
-                [(float(t), int(n)) for t, n in chunks] if chunks is not None else derived_chunks
-            ),
-            recorded_at=meta["recorded_at"],
-            provider=meta["provider"],
-            model=meta["model"],
-            usage=meta["usage"],
-            duration_s=meta["duration_s"],
-            ttfc_s=meta["ttfc_s"],
-            seq=int(meta.get("seq", 0)),
-        )
+        meta = {
+            **_dict(doc["meta"], "meta"),
+            "key": doc["key"],
+            "status": response["status"],
+            "headers": response["headers"],
+            "chunks": chunks if chunks is not None else derived_chunks,
+        }
+        return from_meta(meta, request=_dict(doc["request"], "request"), body=body)
     except ExportError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise ExportError(f"malformed export document: {type(exc).__name__} {exc}") from exc
-
-
-def _str(value: object, where: str) -> str:
-    if not isinstance(value, str):
-        raise ExportError(f"{where} must be a string")
-    return value
 
 
 def _dict(value: object, where: str) -> dict[str, Any]:

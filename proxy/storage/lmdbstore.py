@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import lmdb
 import orjson
+
 from llmreel.core.diff import sketch
 from llmreel.storage.backlog import (
     CLOSE_REPORT_INTERVAL_S,
@@ -143,6 +144,13 @@ def entry_key(namespace: str, key: str, seq: int = 0) -> bytes:
     # Namespace first so a namespace is one contiguous range; seq suffix only in sequence mode.
     suffix = f"\x00{seq:06d}" if seq else ""
     return f"{namespace}\x00{key}{suffix}".encode()
+
+
+def parse_entry_key(raw: bytes) -> tuple[str, str, int]:
+    """(namespace, key, seq) of an `entry_key`."""
+    namespace, _, rest = raw.decode("utf-8", "replace").partition("\x00")
+    key, _, seq = rest.partition("\x00")
+    return namespace, key, int(seq) if seq.isdigit() else 0
 
 
 def validate_namespace(namespace: str) -> str:

@@ -1,6 +1,7 @@
 """The recording: one request's canonical form and the response it got, and its binary encoding.
 
-All encoding lives here (`pack`/`unpack`), versioned from day one. A packed recording is
+All encoding lives here (`pack`/`unpack`), versioned from day one; `to_meta`/`from_meta` map a
+recording's fields for this format and the export format alike. A packed recording is
 `MAGIC`, a codec byte, two 4-byte big-endian lengths, then (compressed as one when that helps)
 the metadata as JSON, the canonical request as JSON and the decoded response body as raw bytes:
 bodies of any size or encoding cost no base64, a replay need not parse the (possibly long)
@@ -10,11 +11,13 @@ request, and a typical recording fits one LMDB page instead of spilling onto ove
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from llmreel.core.wire import header
 from llmreel.storage.compress import CompressionError, compress, decompress
 
 #: Bump when the packed layout or the meaning of a field changes; the store refuses other versions.
@@ -61,15 +64,16 @@ class Recording:
         return bool(self.chunks)
 
     def content_type(self) -> str:
-        for name, value in self.headers:
-            if name.lower() == "content-type":
-                return value
-        return ""
+        return header(self.headers, "content-type") or ""
 
 
-def pack(rec: Recording) -> bytes:
-    meta = {
-        "v": SCHEMA_VERSION,
+def to_meta(rec: Recording) -> dict[str, Any]:
+    """The metadata of `rec`: every field but `request` and `body`, as stored (no conversion).
+
+    The one mapping of a recording's fields: the packed form stores it as it is, the export
+    format spreads it over its document (`proxy.storage.export`). Key order is stored order.
+    """
+    return {
         "key": rec.key,
         "namespace": rec.namespace,
         "status": rec.status,
@@ -83,7 +87,39 @@ def pack(rec: Recording) -> bytes:
         "ttfc_s": rec.ttfc_s,
         "seq": rec.seq,
     }
-    encoded = orjson.dumps(meta)
+
+
+def from_meta(meta: Mapping[str, Any], *, request: dict[str, Any], body: bytes) -> Recording:
+    """The recording `to_meta` gave `meta` for; `seq` may be missing (0).
+
+    Raises KeyError for a missing field, TypeError or ValueError for one of the wrong type.
+    """
+    return Recording(
+        key=_text(meta["key"], "key"),
+        namespace=_text(meta["namespace"], "namespace"),
+        request=request,
+        status=int(meta["status"]),
+        headers=[(str(name), str(value)) for name, value in meta["headers"]],
+        body=body,
+        chunks=[(float(t), int(n)) for t, n in meta["chunks"]],
+        recorded_at=meta["recorded_at"],
+        provider=meta["provider"],
+        model=meta["model"],
+        usage=meta["usage"],
+        duration_s=meta["duration_s"],
+        ttfc_s=meta["ttfc_s"],
+        seq=int(meta.get("seq", 0)),
+    )
+
+
+def _text(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{field} must be a string")
+    return value
+
+
+def pack(rec: Recording) -> bytes:
+    encoded = orjson.dumps({"v": SCHEMA_VERSION, **to_meta(rec)})
     request = orjson.dumps(rec.request)
     codec, payload = compress(encoded + request + rec.body, minimum=_COMPRESS_FROM)
     return _HEADER.pack(MAGIC, codec, len(encoded), len(request)) + payload
@@ -112,22 +148,8 @@ def unpack(data: bytes | memoryview, *, request: bool = True) -> Recording:
         meta = orjson.loads(view[:meta_end])
         if meta["v"] != SCHEMA_VERSION:
             raise RecordError(f"recording schema {meta['v']}, expected {SCHEMA_VERSION}")
-        return Recording(
-            key=meta["key"],
-            namespace=meta["namespace"],
-            request=orjson.loads(view[meta_end:end]) if request else {},
-            status=meta["status"],
-            headers=[(str(k), str(v)) for k, v in meta["headers"]],
-            body=bytes(view[end:]),
-            chunks=[(float(t), int(n)) for t, n in meta["chunks"]],
-            recorded_at=meta["recorded_at"],
-            provider=meta["provider"],
-            model=meta["model"],
-            usage=meta["usage"],
-            duration_s=meta["duration_s"],
-            ttfc_s=meta["ttfc_s"],
-            seq=meta.get("seq", 0),
-        )
+        canonical = orjson.loads(view[meta_end:end]) if request else {}
+        return from_meta(meta, request=canonical, body=bytes(view[end:]))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, RecordError):
             raise
