@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from llmreel.core.diff import sketch
 from llmreel.storage.backlog import (
     CLOSE_REPORT_INTERVAL_S,
@@ -53,7 +51,14 @@ from llmreel.storage.export import (
     parse_entry_path,
     to_export,
 )
-from llmreel.storage.lmdbstore import StoreError, StoreStats, entry_key, validate_namespace
+from llmreel.storage.lmdbstore import (
+    StoreError,
+    StoreStats,
+    entry_key,
+    recording_weight,
+    refuse_write,
+    validate_namespace,
+)
 from llmreel.storage.records import Recording
 
 log = logging.getLogger(__name__)
@@ -361,13 +366,9 @@ class DirStore:
 
         It fails at once, with reason "backlog", when the writer's queue is full.
         """
-        size = JOB_OVERHEAD_BYTES + len(rec.body) + len(orjson.dumps(rec.request))
+        size = JOB_OVERHEAD_BYTES + recording_weight(rec)
         with self._executor_lock:
-            refused = None
-            if self._closed:
-                refused = StoreError(f"the store at {self.path} is closed", "closed")
-            elif not self.backlog.admit(size):
-                refused = StoreError(self.backlog.refusal(), "backlog")
+            refused = refuse_write(self.path, self._closed, self.backlog, size)
             if refused is None:
                 # `write`, not `put`: what was queued before `close` is still written by it.
                 return self._writer().submit(self._write_counted, rec, size)

@@ -393,7 +393,7 @@ class LmdbStore:
             (b"entries", db_key, partial(pack, rec)),
             (INDEX_DB, index_key(db_key, rec.request), partial(sketch, rec.request)),
         ]
-        return self.submit_raw(writes, size=len(rec.body) + len(orjson.dumps(rec.request)))
+        return self.submit_raw(writes, size=recording_weight(rec))
 
     def write_raw(self, writes: _Writes) -> None:
         """Apply (database, key, value) writes in one transaction now; a None value deletes.
@@ -417,11 +417,9 @@ class LmdbStore:
         if writes:
             job.size = JOB_OVERHEAD_BYTES + (size if size is not None else _weight(writes))
         with self._submit_lock:
-            if self._closed:
-                job.future.set_exception(StoreError(f"the store at {self.path} is closed", "closed"))
-                return job.future
-            if job.size is not None and not self.backlog.admit(job.size):
-                job.future.set_exception(StoreError(self.backlog.refusal(), "backlog"))
+            refused = refuse_write(self.path, self._closed, self.backlog, job.size)
+            if refused is not None:
+                job.future.set_exception(refused)
                 return job.future
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_loop, name="llmreel-store-writer")
@@ -653,6 +651,21 @@ class LmdbStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def recording_weight(rec: Recording) -> int:
+    """About how many bytes a recording holds in memory until it is written."""
+    return len(rec.body) + len(orjson.dumps(rec.request))
+
+
+def refuse_write(path: str, closed: bool, backlog: Backlog, size: int | None) -> StoreError | None:
+    """Why a write of `size` bytes cannot be queued for a store's writer thread: it is closed,
+    or its backlog is full. None: it is admitted into `backlog` (a None `size` is not counted)."""
+    if closed:
+        return StoreError(f"the store at {path} is closed", "closed")
+    if size is not None and not backlog.admit(size):
+        return StoreError(backlog.refusal(), "backlog")
+    return None
 
 
 def _disk_nearly_full(path: str) -> bool:
