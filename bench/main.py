@@ -2,7 +2,8 @@
 
 Phases: start the servers (fake upstream, three bare mitmdumps, two llmreels) -> throughput
 rounds with wrk -> streaming rounds (TTFC, gaps) -> RSS with 100 concurrent streams (a fresh
-llmreel) -> optional py-spy profiles -> LMDB store at scale -> results.json, markdown, plot.
+llmreel) -> optional py-spy profiles -> LMDB store at scale -> explained misses at 10k
+recordings -> results.json, markdown, plot.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import hooks, profile, report, storebench, streams, throughput
+from . import hooks, missbench, profile, report, storebench, streams, throughput
 from .load import Wrk
 from .procs import (
     ROOT,
@@ -374,6 +375,10 @@ def run(cfg: Config, skip_store: bool) -> dict[str, Any]:
             log(f"store at scale: {', '.join(f'{s:,}' for s in cfg.store_scales)} entries")
             results["store"] = storebench.run(
                 work / "store-scale", cfg.store_scales, cfg.lookups, cfg.inserts
+            )
+            log("explained misses: 10,000 recordings, before and after the endpoint index")
+            results["misses"] = missbench.run(
+                work / "misses", 10_000, misses=20 if cfg.quick else 40, before=3 if cfg.quick else 5
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from . import missbench
 from .throughput import SCENARIOS
 
 NOTES_BEGIN = "<!-- notes: kept by bench/run -->"
@@ -128,6 +129,21 @@ def store_table(results: dict[str, Any]) -> list[str]:
             f"| {row['bytes_per_entry']:,} |"
         )
     return lines
+
+
+def miss_lines(results: dict[str, Any]) -> list[str]:
+    misses = results.get("misses")
+    if not misses:
+        return ["Skipped in this run."]
+    return [
+        f"Time to explain one miss (find the closest recording and diff it), median, with "
+        f"{misses['entries']:,} recordings of one endpoint in one namespace (`bench/missbench.py`). "
+        "*Before*: decode every recording of the namespace; *after*: `Store.candidates`, which "
+        "ranks the endpoint's 128-byte sketches and decodes the best 32. *As close*: misses whose "
+        "explanation lists no more changes than the full scan's.",
+        "",
+        *missbench.table(misses),
+    ]
 
 
 def memory_lines(results: dict[str, Any]) -> list[str]:
@@ -308,6 +324,10 @@ def markdown(results: dict[str, Any], path: Path, png: Path) -> None:
         "transaction each.",
         "",
         *(store_table(results) if results.get("store") else ["Skipped in this run."]),
+        "",
+        "## Misses explained",
+        "",
+        *miss_lines(results),
         "",
         "## Profile",
         "",

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
-from llmreel.core.diff import Change, closest, describe, explain, field_diff
+from llmreel.core.diff import (
+    Change,
+    closest,
+    describe,
+    endpoint,
+    explain,
+    field_diff,
+    resemblance,
+    sketch,
+)
 from llmreel.core.keys import canonical_request
 
 
@@ -162,3 +174,33 @@ def test_closest_scales_linearly_with_the_candidates() -> None:
     assert describe(field_diff(found[0], target)).startswith("messages[30].content:")
     ratio = best_time(3000) / best_time(300)
     assert ratio < 30, f"3000 candidates took {ratio:.1f}x as long as 300 (linear: about 10x)"
+
+
+def test_sketches_rank_the_closest_request_first() -> None:
+    history = [{"role": "user", "content": f"turn {i}"} for i in range(40)]
+    target = chat(messages=[*history, {"role": "user", "content": "last"}], temperature=0.3)
+    near = chat(messages=[*history, {"role": "user", "content": "last"}])
+    middle = chat(messages=[*history[:20], {"role": "user", "content": "last"}])
+    far = chat(messages=[{"role": "user", "content": "unrelated"}], top_p=0.5)
+    mine = sketch(target)
+    assert len(mine) <= 128  # small enough to keep beside every recording
+    scores = [resemblance(mine, sketch(r)) for r in (near, middle, far)]
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[2]
+    assert resemblance(mine, sketch(copy.deepcopy(target))) == 1.0
+    assert endpoint(target) == ("POST", "api.openai.com", 443, "/v1/chat/completions")
+
+
+def test_sketches_are_the_same_in_every_process() -> None:
+    # They are stored beside recordings: Python's randomised str hash must not leak into them.
+    code = (
+        "import sys; from tests.test_diff import chat; from llmreel.core.diff import sketch;"
+        "sys.stdout.write(sketch(chat(top_p=0.5)).hex())"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    }  # fmt: skip
+    assert outputs == {sketch(chat(top_p=0.5)).hex()}

@@ -6,15 +6,18 @@ import os
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from llmreel.core.diff import closest, endpoint
 from llmreel.storage.dirstore import DirStore, sync_export
 from llmreel.storage.export import MARKER_FILE, entry_path
 from llmreel.storage.lmdbstore import LmdbStore, StoreError
 from llmreel.storage.records import Recording
 from llmreel.storage.stores import open_store, store_kind
 from tests.test_export import FIXTURES, SSE, event_chunks, make
+from tests.test_store import chat_rec
 
 KEY_A = "a" * 32
 KEY_B = "b" * 32
@@ -269,3 +272,55 @@ def test_open_store_refuses_ambiguous_directories(tmp_path: Path) -> None:
 
     with pytest.raises(StoreError, match="no store at"):
         open_store(tmp_path / "missing", create=False)
+
+
+def test_a_full_write_backlog_fails_fast_and_close_waits_for_the_writer(tmp_path: Path) -> None:
+    bound = 100_000
+    store = DirStore(tmp_path / "rec", backlog_bytes=bound)
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        assert release.wait(30)
+
+    store._writer().submit(hold)  # white box: nothing public can hold the writer thread
+    assert started.wait(10)
+    futures = [store.submit(make(b"x" * 10_000, key=f"{i:032x}")) for i in range(30)]
+    assert store.backlog.bytes <= bound
+    refused = [f for f in futures if f.done()]
+    assert refused and len(refused) < len(futures)
+    error = refused[0].exception()
+    assert isinstance(error, StoreError) and error.reason == "backlog"
+    closer = threading.Thread(target=store.close, kwargs={"report_every_s": 0.01})
+    closer.start()
+    assert closer.is_alive()
+    release.set()
+    closer.join(30)
+    assert not closer.is_alive() and store.backlog.jobs == 0
+    assert DirStore(tmp_path / "rec").stats().entries == len(futures) - len(refused)
+
+
+def test_candidates_follow_the_files(tmp_path: Path) -> None:
+    store = DirStore(tmp_path / "rec")
+    assert store.blocking_reads is True
+    for i in range(0, 40, 2):
+        store.put(chat_rec(i))
+    store.put(chat_rec(7, path="/v1/responses"))
+    wanted = chat_rec(31).request
+
+    def best(found: list[dict[str, Any]]) -> dict[str, Any] | None:
+        match = closest(wanted, found)
+        return match[0] if match else None
+
+    assert len(store.candidates("default", wanted, limit=3)) == 3
+    found = store.candidates("default", wanted)
+    assert len(found) == 20 and {endpoint(r) for r in found} == {endpoint(wanted)}
+    assert best(found) == best([chat_rec(i).request for i in range(0, 40, 2)])  # as a full scan
+    DirStore(tmp_path / "rec").put(chat_rec(31))  # another process adds the exact one
+    assert best(store.candidates("default", wanted)) == wanted
+    assert store.delete("default", chat_rec(31).key)
+    assert wanted not in store.candidates("default", wanted)
+    assert store.candidates("default", chat_rec(7, path="/v1/responses").request) == [
+        chat_rec(7, path="/v1/responses").request
+    ]
+    assert store.candidates("nobody", wanted) == []

@@ -13,24 +13,37 @@ inserted or dropped reads `added` or `removed`.
 Cost: `closest` hashes each candidate's top-level body fields and list items once (orjson and
 Python's bytes hash) and scores all of them by multiset overlap, then diffs only the best five
 in full. That is about 3 µs per field or message: 3,000 recorded requests of 30 messages each
-take about 0.3 s on one core, 3,000 one-message requests about 0.1 s. It runs on misses only;
-a caller explaining many misses against the same recordings can pre-filter candidates by
-endpoint (the first thing `closest` checks) to skip decoding the rest. Pure: no I/O.
+take about 0.3 s on one core, 3,000 one-message requests about 0.1 s. So callers do not pass
+every recording: a store keeps a `sketch` of each recorded request, 128 bytes that estimate the
+same overlap (`resemblance`), and hands `closest` only the few most alike of the same
+`endpoint` (`Store.candidates`). Pure: no I/O.
 """
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import hashlib
 import re
+import struct
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-__all__ = ["Change", "closest", "describe", "explain", "field_diff"]
+__all__ = [
+    "Change",
+    "closest",
+    "describe",
+    "endpoint",
+    "explain",
+    "field_diff",
+    "likeness",
+    "resemblance",
+    "sketch",
+]
 
 #: Candidates kept after the cheap overlap score, to be compared field by field.
 _SHORTLIST = 5
@@ -39,6 +52,10 @@ _WIDTH = 60
 # Lists longer than this are compared index by index: sequence alignment is quadratic.
 _ALIGN_MAX = 2000
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_NO_LIMIT = 1 << 32  # above every 32-bit hash
+#: Hashes kept in a `sketch` (4 bytes each). With 16, a candidate among hundreds of near-copies
+#: (one growing conversation) often ranked below the 32 that a store decodes; 32 kept it in.
+_SKETCH_HASHES = 32
 # A path ending in a list index (`messages[3]`); quoted keys (`["a b"]`) are fields.
 _ITEM = re.compile(r"\[\d+\]$")
 #: How a change shows the side where a field does not exist (values are JSON or quoted).
@@ -72,7 +89,8 @@ class Change:
 # Choosing the closest recorded request
 
 
-def _endpoint(request: dict[str, Any]) -> tuple[Any, ...]:
+def endpoint(request: dict[str, Any]) -> tuple[Any, ...]:
+    """(method, host, port, path): only recordings of the same endpoint explain a miss."""
     return (
         str(request.get("method", "")).upper(),
         str(request.get("host", "")).lower(),
@@ -82,44 +100,99 @@ def _endpoint(request: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _digest(value: Any) -> bytes:
+    return hashlib.blake2b(_encoded(value), digest_size=8).digest()
+
+
+def _encoded(value: Any) -> bytes:
     try:
-        encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except TypeError:
-        encoded = repr(value).encode()
-    return hashlib.blake2b(encoded, digest_size=8).digest()
+        return repr(value).encode()
 
 
-def _features(request: dict[str, Any]) -> Counter[tuple[str, int]]:
-    """A bag of hashed parts: each query pair, header, top-level body field and list item.
+def _parts(request: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(name, value) of each query pair, header, top-level body field and list item.
 
-    List items are hashed without their index, so an inserted message costs one feature rather
-    than shifting every later one.
+    List items come without their index, so an inserted message changes one part rather than
+    shifting every later one.
     """
-    bag: Counter[tuple[str, int]] = Counter()
     for name, value in request.get("query") or []:
-        bag[("q:" + str(name), _quick(value))] += 1
+        yield "q:" + str(name), value
     for name, value in (request.get("headers") or {}).items():
-        bag[("h:" + str(name), _quick(value))] += 1
+        yield "h:" + str(name), value
     body = request.get("body")
     if isinstance(body, dict):
         for name, value in body.items():
             if isinstance(value, list):
-                bag[("b:" + name + "#len", len(value))] += 1
+                yield "b:" + name + "#len", len(value)
                 for item in value:
-                    bag[("b:" + name + "[]", _quick(item))] += 1
+                    yield "b:" + name + "[]", item
             else:
-                bag[("b:" + name, _quick(value))] += 1
+                yield "b:" + name, value
     else:
-        bag[("b", _quick(body))] += 1
-    return bag
+        yield "b", body
+
+
+def _features(request: dict[str, Any]) -> Counter[tuple[str, int]]:
+    """The bag (multiset) of hashed parts that `closest` compares."""
+    return Counter((name, _quick(value)) for name, value in _parts(request))
+
+
+def sketch(request: dict[str, Any]) -> bytes:
+    """A small fingerprint of `request`'s parts, to compare with others' by `resemblance`.
+
+    A bottom-k sketch: the 32 smallest 32-bit hashes of its parts (the n-th copy of a part is an
+    element of its own, as in the bag `closest` compares), 128 bytes at most. The hashes are
+    blake2b, not Python's per-process `hash`, so a sketch can be stored beside its recording.
+    """
+    copies: Counter[bytes] = Counter()
+    hashes: set[int] = set()
+    for name, value in _parts(request):
+        part = name.encode() + b"\x00" + _encoded(value)
+        copies[part] += 1
+        nth = part + copies[part].to_bytes(4, "big")
+        hashes.add(int.from_bytes(hashlib.blake2b(nth, digest_size=4).digest(), "big"))
+    smallest = sorted(hashes)[:_SKETCH_HASHES]
+    return struct.pack(f">{len(smallest)}I", *smallest)
+
+
+def resemblance(a: bytes, b: bytes) -> float:
+    """How alike the requests behind two sketches are: their estimated overlap, in [0, 1]."""
+    return likeness(a)(b)
+
+
+def likeness(a: bytes) -> Callable[[bytes], float]:
+    """`resemblance(a, b)` as a function of `b`: faster for comparing one sketch with many.
+
+    The overlap is counted over the hashes up to the smaller of the two sketches' largest (all
+    of them for a sketch that holds every part): below that, each sketch holds every hash of
+    its request, so this is the exact overlap of a random sample of the parts.
+    """
+    mine = _hashes(a)
+    mine_set = frozenset(mine)
+    mine_top = mine[-1] if len(mine) >= _SKETCH_HASHES else _NO_LIMIT
+
+    def score(b: bytes) -> float:
+        theirs = _hashes(b)
+        shared = len(mine_set.intersection(theirs))
+        top = min(mine_top, theirs[-1] if len(theirs) >= _SKETCH_HASHES else _NO_LIMIT)
+        if top == _NO_LIMIT:  # both hold every part
+            counted = len(mine) + len(theirs) - shared
+        else:  # every shared hash is <= top: it is in both sketches
+            counted = bisect.bisect_right(mine, top) + bisect.bisect_right(theirs, top) - shared
+        return shared / counted if counted else 1.0
+
+    return score
+
+
+def _hashes(packed: bytes) -> tuple[int, ...]:
+    """A sketch's hashes, ascending."""
+    return struct.unpack(f">{len(packed) // 4}I", packed)
 
 
 def _quick(value: Any) -> int:
     # Python's own bytes hash: a collision only makes the prefilter slightly optimistic.
-    try:
-        return hash(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
-    except TypeError:
-        return hash(repr(value))
+    return hash(_encoded(value))
 
 
 def _overlap(a: Counter[tuple[str, int]], size_a: int, b: Counter[tuple[str, int]]) -> float:
@@ -137,12 +210,12 @@ def closest(
     Only candidates for the same endpoint (method, host, port, path) count; pass those of the
     request's namespace. None when there is no such candidate.
     """
-    target = _endpoint(request)
+    target = endpoint(request)
     mine = _features(request)
     size = mine.total()
     scored: list[tuple[float, int, dict[str, Any]]] = []
     for index, candidate in enumerate(candidates):
-        if _endpoint(candidate) != target:
+        if endpoint(candidate) != target:
             continue
         scored.append((_overlap(mine, size, _features(candidate)), index, candidate))
     if not scored:

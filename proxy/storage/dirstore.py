@@ -8,6 +8,10 @@ file: no index to load or go stale, and files another process adds are seen at o
 Writes are atomic (a temporary file, fsync, then rename), private (files 0600, directories 0700)
 and skipped when the file already holds the same bytes, so an unchanged recording never shows
 up in `git status`. Every OSError becomes a `StoreError` naming the path.
+
+Reads open and decode files, so they may block: `blocking_reads` is True, and callers run them
+off the event loop. For explaining misses, `candidates` keeps an in-memory endpoint index of
+each namespace, built on first use and refreshed when its directory changes.
 """
 
 from __future__ import annotations
@@ -18,10 +22,22 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from llmreel.core.diff import sketch
+from llmreel.storage.backlog import (
+    CLOSE_REPORT_INTERVAL_S,
+    DEFAULT_BACKLOG_BYTES,
+    DEFAULT_BACKLOG_JOBS,
+    JOB_OVERHEAD_BYTES,
+    Backlog,
+    wait_for_writer,
+)
+from llmreel.storage.candidates import CANDIDATE_LIMIT, endpoint_id, most_alike
 from llmreel.storage.export import (
     EXPORT_VERSION,
     MARKER_FILE,
@@ -35,10 +51,21 @@ from llmreel.storage.export import (
     parse_entry_path,
     to_export,
 )
-from llmreel.storage.lmdbstore import StoreError, StoreStats, entry_key, validate_namespace
+from llmreel.storage.lmdbstore import (
+    StoreError,
+    StoreStats,
+    entry_key,
+    recording_weight,
+    refuse_write,
+    validate_namespace,
+)
 from llmreel.storage.records import Recording
 
 log = logging.getLogger(__name__)
+
+# A directory changed this recently may change again within its mtime's granularity (up to 2 s
+# on some filesystems) without its mtime moving: list it again rather than trust the mtime.
+_FRESH_NS = 2_000_000_000
 
 __all__ = [
     "DirStore",
@@ -105,15 +132,40 @@ def read_marker(directory: Path) -> int | None:
     return version
 
 
+@dataclass(slots=True)
+class _Listing:
+    """What `DirStore.candidates` knows of one namespace's directory."""
+
+    mtime_ns: int = -1
+    listed_at_ns: int = 0
+    files: dict[Path, tuple[bytes, bytes] | None] = field(default_factory=dict)
+    """Entry file -> (endpoint id, sketch) of its request; None when it is another namespace's
+    (a shared, hashed or case-folded directory) or cannot be decoded."""
+
+
 class DirStore:
     """Recordings as export files: `<dir>/<namespace>/<key>.json`, one per entry."""
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+    blocking_reads = True  # every read opens, reads and decodes a file
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        backlog_bytes: int = DEFAULT_BACKLOG_BYTES,
+        backlog_jobs: int = DEFAULT_BACKLOG_JOBS,
+    ) -> None:
         self.path = str(path)
         self.root = Path(self.path)
         self._closed = False
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # Orders submissions against `close`, and creates the writer once.
         self._executor_lock = threading.Lock()
+        #: What the writer thread has still to write; `submit` fails fast when it is full.
+        self.backlog = Backlog(self.path, max_bytes=backlog_bytes, max_jobs=backlog_jobs)
+        self._listings: dict[str, _Listing] = {}
+        self._listings_lock = threading.Lock()
         try:
             if not self.root.exists():
                 if not create:
@@ -207,6 +259,60 @@ class DirStore:
         recs.sort(key=lambda r: entry_key(r.namespace, r.key, r.seq))
         yield from recs
 
+    def candidates(
+        self, namespace: str, request: dict[str, Any], limit: int = CANDIDATE_LIMIT
+    ) -> list[dict[str, Any]]:
+        """Recorded requests of `request`'s endpoint in `namespace`, most alike first.
+
+        At most `limit`, for `llmreel.core.diff.explain`. The first call for a namespace reads
+        its files once; later calls read only files added since (found when the directory's
+        mtime moves) and the `limit` best. Blocking: call it off the event loop.
+        """
+        wanted = endpoint_id(request)
+        with self._listings_lock:
+            files = self._listing(namespace).files
+            pool = [(path, known[1]) for path, known in files.items() if known and known[0] == wanted]
+        found: list[dict[str, Any]] = []
+        for path in most_alike(request, pool, limit):
+            try:
+                rec = self._decode(path, path.read_bytes())
+            except (OSError, StoreError):
+                continue  # removed or spoilt since it was indexed
+            if rec.namespace == namespace:
+                found.append(rec.request)
+        return found
+
+    def _listing(self, namespace: str) -> _Listing:
+        """The namespace's listing, brought up to date with its directory."""
+        listing = self._listings.setdefault(namespace, _Listing())
+        now = time.time_ns()
+        try:
+            mtime = (self.root / escape_name(namespace)).stat().st_mtime_ns
+        except FileNotFoundError:
+            listing.files.clear()
+            return listing
+        except OSError as exc:
+            raise StoreError(f"cannot read the export directory {self.path}: {exc}") from exc
+        if mtime == listing.mtime_ns and listing.listed_at_ns - mtime > _FRESH_NS:
+            return listing
+        present = {entry.path for entry in self.files(namespace)}
+        for gone in listing.files.keys() - present:
+            del listing.files[gone]
+        for path in present - listing.files.keys():
+            listing.files[path] = self._indexed(path, namespace)
+        listing.mtime_ns, listing.listed_at_ns = mtime, now
+        return listing
+
+    def _indexed(self, path: Path, namespace: str) -> tuple[bytes, bytes] | None:
+        try:
+            rec = self._decode(path, path.read_bytes())
+        except (OSError, StoreError) as exc:
+            log.warning("skipping %s: %s", path, exc)
+            return None
+        if rec.namespace != namespace:
+            return None
+        return endpoint_id(rec.request), sketch(rec.request)
+
     def stats(self) -> StoreStats:
         entries = size = 0
         for entry in self.files():
@@ -256,25 +362,34 @@ class DirStore:
         raise AssertionError("unreachable")
 
     def submit(self, rec: Recording) -> concurrent.futures.Future[None]:
-        """Queue a recording for the writer thread; the future resolves once it is on disk."""
-        if self._closed:
-            future: concurrent.futures.Future[None] = concurrent.futures.Future()
-            future.set_exception(StoreError(f"the store at {self.path} is closed", "closed"))
-            return future
-        # `write`, not `put`: what was queued before `close` is still written by it.
-        return self._writer().submit(self._write_none, rec)
+        """Queue a recording for the writer thread; the future resolves once it is on disk.
 
-    def _write_none(self, rec: Recording) -> None:
-        self.write(rec)
+        It fails at once, with reason "backlog", when the writer's queue is full.
+        """
+        size = JOB_OVERHEAD_BYTES + recording_weight(rec)
+        with self._executor_lock:
+            refused = refuse_write(self.path, self._closed, self.backlog, size)
+            if refused is None:
+                # `write`, not `put`: what was queued before `close` is still written by it.
+                return self._writer().submit(self._write_counted, rec, size)
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        future.set_exception(refused)
+        return future
+
+    def _write_counted(self, rec: Recording, size: int) -> None:
+        try:
+            self.write(rec)
+        finally:
+            self.backlog.done(size)
 
     def _writer(self) -> concurrent.futures.ThreadPoolExecutor:
-        with self._executor_lock:
-            if self._executor is None:
-                # One thread: writes to the same entry land in submission order.
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="llmreel-dirstore-writer"
-                )
-            return self._executor
+        # Called with `_executor_lock` held.
+        if self._executor is None:
+            # One thread: writes to the same entry land in submission order.
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="llmreel-dirstore-writer"
+            )
+        return self._executor
 
     def delete(self, namespace: str, key: str, seq: int = 0) -> bool:
         path = self.file_for(namespace, key, seq)
@@ -297,12 +412,21 @@ class DirStore:
             return
         concurrent.futures.wait([executor.submit(lambda: None)], timeout=timeout)
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+    def close(self, *, report_every_s: float = CLOSE_REPORT_INTERVAL_S) -> None:
+        """Write what was submitted (logging every `report_every_s` what is still pending)."""
+        with self._executor_lock:
+            if self._closed:
+                return
+            self._closed = True
+            executor = self._executor
+        if executor is not None:
+            last = executor.submit(lambda: None)  # runs once every earlier write is done
+            wait_for_writer(
+                lambda timeout: not concurrent.futures.wait([last], timeout).not_done,
+                self.backlog,
+                report_every_s,
+            )
+            executor.shutdown(wait=True)
 
     def __enter__(self) -> DirStore:
         return self
