@@ -340,3 +340,49 @@ def test_a_budget_must_be_an_amount(engine: Engine) -> None:
         engine.configure({"llmreel_budget_usd": "lots"}, {"llmreel_budget_usd"})
     engine.configure({"llmreel_budget_usd": "$2.50"}, {"llmreel_budget_usd"})
     assert engine.budget_usd == 2.5
+
+
+async def test_an_export_directory_is_read_off_the_event_loop(tmp_path: Path) -> None:
+    """DirStore reads files: lookups and miss explanations run in a worker thread."""
+    import threading
+
+    from llmreel.storage.dirstore import DirStore
+
+    with DirStore(tmp_path / "export") as made:  # an export directory, with one recording
+        made.put(Recording(key="0" * 32, namespace="default", status=200, headers=[], body=b"{}",
+                           request={**begin_canonical(), "body": {"model": "gpt-4o"}}))  # fmt: skip
+    eng = Engine(registry=CollectorRegistry())
+    eng.configure({"llmreel_store": str(tmp_path / "export"), "llmreel_mode": "offline"},
+                  DEFAULTS.keys())  # fmt: skip
+    store = eng.store
+    assert isinstance(store, DirStore) and store.blocking_reads
+    loop_thread = threading.current_thread()
+    reads: list[threading.Thread] = []
+    real_get, real_candidates = store.get, store.candidates
+
+    def get(*args: Any, **kw: Any) -> Any:
+        reads.append(threading.current_thread())
+        return real_get(*args, **kw)
+
+    def candidates(*args: Any, **kw: Any) -> Any:
+        reads.append(threading.current_thread())
+        return real_candidates(*args, **kw)
+
+    store.get, store.candidates = get, candidates  # type: ignore[method-assign]
+    try:
+        state = begin(eng)
+        reply = await eng.decide(state)
+        assert isinstance(reply, ErrorReply) and reply.status == 412
+        assert b"model" in reply.body and b"gpt-4o' ->" in reply.body  # compared with the closest
+        assert reads and all(thread is not loop_thread for thread in reads)
+    finally:
+        eng.close()
+
+
+def begin_canonical() -> dict[str, Any]:
+    from llmreel.core.keys import canonical_request
+
+    h = head()
+    return canonical_request(
+        h.method, h.scheme, h.host, h.port, h.path, h.query, h.headers, h.read_body()
+    )

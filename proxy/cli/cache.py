@@ -26,7 +26,7 @@ from llmreel.storage.audit import audit
 from llmreel.storage.dirstore import DirStore, sync_export
 from llmreel.storage.export import dumps, to_export
 from llmreel.storage.lmdbstore import LmdbStore, Store, StoreError, entry_key, parse_entry_key
-from llmreel.storage.records import RecordError, Recording, pack, unpack
+from llmreel.storage.records import RecordError, Recording, unpack
 from llmreel.storage.stores import open_store, store_kind
 
 __all__ = ["cache", "parse_duration"]
@@ -268,14 +268,14 @@ def _tracked(recs: Iterable[Recording], seen: set[EntryId]) -> Iterator[Recordin
 def _write_all(target: Store, recs: Iterable[Recording]) -> None:
     if isinstance(target, LmdbStore):
         # One transaction per batch, not per recording: each commit is an fsync.
-        batch: list[tuple[bytes, bytes, bytes | None]] = []
+        batch: list[Recording] = []
         for rec in recs:
-            batch.append((b"entries", entry_key(rec.namespace, rec.key, rec.seq), pack(rec)))
+            batch.append(rec)
             if len(batch) >= _IMPORT_BATCH:
-                target.write_raw(batch)
+                target.put_many(batch)
                 batch = []
         if batch:
-            target.write_raw(batch)
+            target.put_many(batch)
         return
     for rec in recs:
         target.put(rec)

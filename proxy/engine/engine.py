@@ -57,6 +57,7 @@ from llmreel.engine.options import DEFAULTS, ConfigError
 from llmreel.engine.pacer import Pacer
 from llmreel.log.exchangelog import ExchangeLog
 from llmreel.log.jsonl import JsonlSink
+from llmreel.log.throttle import ThrottledLog
 from llmreel.metering.metrics import Metrics
 from llmreel.metering.pricing import Pricer, load_overrides
 from llmreel.metering.report import RunReport
@@ -159,6 +160,7 @@ class Engine:
         self._scope_salt: bytes | None = None
         self._occurrences: BoundedCounter[tuple[str, str]] = BoundedCounter(SEQUENCE_CAP)
         self._stale_warned: BoundedSet[str] = BoundedSet(STALE_WARN_CAP)
+        self._write_errors = ThrottledLog(log)
 
     @property
     def sinks(self) -> list[Callable[[Any], None]]:
@@ -462,7 +464,7 @@ class Engine:
         try:
             # An export directory reads files: keep that off the event loop.
             found = (
-                await asyncio.to_thread(find) if getattr(store, "blocking_reads", False) else find()
+                await asyncio.to_thread(find) if store.blocking_reads else find()
             )
         except StoreError as exc:
             log.error("%s", exc)
@@ -500,7 +502,8 @@ class Engine:
 
         def closest() -> str:
             try:
-                found = explain(state.canonical, (r.request for r in store.iter(state.namespace)))
+                # Only the recordings of the same endpoint that resemble it most are decoded.
+                found = explain(state.canonical, store.candidates(state.namespace, state.canonical))
             except StoreError as exc:
                 return f"(could not search the store: {exc})"
             return (
@@ -619,7 +622,8 @@ class Engine:
         error = done.exception()
         try:
             if error is not None:
-                log.error("recording not saved: %s", error)
+                # A full disk or queue fails every write: one line a minute, all of them counted.
+                self._write_errors.error("recording not saved: %s", error)
                 self.metrics.store_write_failed(getattr(error, "reason", "io_error"))
                 self.report.write_failures += 1
             else:

@@ -97,7 +97,11 @@ class ExchangeLog:
         """Queue `ex` for the store's writer thread. Never raises: logging must not fail traffic."""
         try:
             # Packing (scrubbing, compressing) happens in the store's writer thread.
-            future = self.store.submit_raw([(LOG_DB, ex.id.encode(), partial(pack_exchange, ex))])
+            # `size` bounds the writer's queue by what the entry holds until it is packed.
+            future = self.store.submit_raw(
+                [(LOG_DB, ex.id.encode(), partial(pack_exchange, ex))],
+                size=len(ex.request_body) + len(ex.response_body) + 1024,
+            )
         except Exception as exc:  # noqa: BLE001 - a bug here must cost a log line, not a request
             self._report(exc)
             return
@@ -156,7 +160,8 @@ class ExchangeLog:
         content: bool = False,
         after: str | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Matching records, newest (or oldest) first, from one snapshot.
+        """Matching records, newest (or oldest) first, read in short batches (entries written
+        meanwhile may or may not be seen; none is seen twice).
 
         Without `content` only the heads are decoded (no headers, bodies or events): listing
         and stats stay fast however large the bodies are. `after` (oldest first only) starts
