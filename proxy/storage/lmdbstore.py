@@ -42,7 +42,7 @@ _Writes = list[tuple[bytes, bytes, bytes | None]]
 Value = bytes | Callable[[], bytes] | None
 _Job = tuple[Sequence[tuple[bytes, bytes, Value]], concurrent.futures.Future[None]]
 #: Named databases in a store. "entries" holds recordings; the others sit beside them.
-DATABASES = (b"meta", b"entries", b"log", b"used")
+DATABASES = (b"meta", b"entries", b"log", b"used", b"labels")
 
 
 #: Why a write failed, as counted in `llmreel_store_write_errors_total{reason}`.
