@@ -19,6 +19,7 @@ from llmreel.cli.cache import cache
 from llmreel.cli.config import apply_config, config_command
 from llmreel.cli.log import log as log_group
 from llmreel.cli.reverse import Reverse
+from llmreel.cli.ui import start_beside, ui_command, ui_options
 from llmreel.cli.server import (
     DEFAULT_CONFDIR,
     ProxyServer,
@@ -164,25 +165,30 @@ def main(ctx: click.Context) -> None:
 
 @main.command()
 @proxy_options(default_port=8080, default_metrics_port=9464)
+@ui_options
 def serve(**kw: Any) -> None:
     """Run the proxy in the foreground until SIGINT or SIGTERM."""
+    ui = (kw.pop("with_ui"), kw.pop("ui_port"))
     settings = _settings(kw)
     try:
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, ui))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
-async def _serve(settings: ProxySettings) -> None:
+async def _serve(settings: ProxySettings, ui: tuple[bool, int] = (False, 0)) -> None:
     server = ProxyServer(settings)
     running = await _start(server)
-    click.echo(running.summary())
+    ui_process = await asyncio.to_thread(start_beside, settings.store, *ui)
+    click.echo(running.summary() + (f" | ui {ui_process.url}" if ui_process else ""))
     sys.stdout.flush()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, server.shutdown)
     await server.wait()
     await server.stop()
+    if ui_process is not None:
+        await asyncio.to_thread(ui_process.stop)
     log.info("stopped")
 
 
@@ -203,6 +209,7 @@ async def _start(server: ProxyServer) -> Running:
               "error. Default: on in offline mode, off otherwise.")  # fmt: skip
 @click.option("--fail-on-unused", is_flag=True,
               help="Exit non-zero if recordings in the namespaces used were never replayed.")
+@ui_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: bool, **kw: Any) -> None:
     """Run COMMAND with its LLM calls going through a fresh proxy; exit with its exit code.
@@ -211,13 +218,14 @@ def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: boo
         llmreel run -- pytest tests/
         llmreel run --mode offline -- python agent.py
     """
+    ui = (kw.pop("with_ui"), kw.pop("ui_port"))
     settings = _settings(kw)
     if shutil.which(command[0]) is None and not os.path.exists(command[0]):
         raise click.ClickException(f"command not found: {command[0]}")
     if fail_on_miss is None:
         fail_on_miss = settings.mode == "offline"
     try:
-        code, report = asyncio.run(_run(settings, list(command)))
+        code, report = asyncio.run(_run(settings, list(command), ui))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(report.render(), err=True)
@@ -228,7 +236,9 @@ def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: boo
     sys.exit(code)
 
 
-async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunReport]:
+async def _run(
+    settings: ProxySettings, command: list[str], ui: tuple[bool, int] = (False, 0)
+) -> tuple[int, RunReport]:
     from llmreel.cli.clientenv import client_env, write_bundle
 
     bundle = write_bundle(settings.confdir)
@@ -244,6 +254,9 @@ async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunRep
     env = {**os.environ, **client_env(running.proxy_url, bundle, reverse)}
     env["LLMREEL_RUN_ID"] = settings.run_id
     log.info("run id %s", settings.run_id)
+    ui_process = await asyncio.to_thread(start_beside, settings.store, *ui)
+    if ui_process is not None:
+        click.echo(f"llmreel ui: {ui_process.url}threads?run={settings.run_id}", err=True)
     loop = asyncio.get_running_loop()
     try:
         proc = await asyncio.create_subprocess_exec(*command, env=env)
@@ -254,6 +267,8 @@ async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunRep
         _find_unused(server.recorder.store, report)
     finally:
         await server.stop()
+        if ui_process is not None:
+            await asyncio.to_thread(ui_process.stop)
     # A child killed by a signal reports -N; shells report 128+N.
     return (code if code >= 0 else 128 - code), report
 
@@ -334,6 +349,9 @@ main.add_command(config_command)
 
 if __name__ == "__main__":
     main()
+
+
+main.add_command(ui_command)
 
 
 @main.command("addon-path")
