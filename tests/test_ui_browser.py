@@ -24,11 +24,13 @@ from tests.test_e2e import openai_client
 
 CHROMIUM = "/usr/bin/chromium"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "ui"
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (.ci/run installs it)")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason="needs Debian's chromium (.ci/run installs it)"
+)
 
 MakeProxy = Callable[..., ProxyThread]
 XSS = (
-    "Look at <script>window.__pwned = 1</script> and <img src=x onerror=\"window.__pwned = 2\"> "
+    'Look at <script>window.__pwned = 1</script> and <img src=x onerror="window.__pwned = 2"> '
     "then [the docs](javascript:window.__pwned=3) or javascript:window.__pwned=4"
 )
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -55,7 +57,9 @@ def agent(client: openai.OpenAI) -> list[dict[str, Any]]:
                                                     stream=True, stream_options={"include_usage": True})  # fmt: skip
             text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         else:
-            answer = client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=TOOLS)  # type: ignore[arg-type]
+            answer = client.chat.completions.create(
+                model="gpt-4o-mini", messages=messages, tools=TOOLS
+            )  # type: ignore[arg-type]
             text = answer.choices[0].message.content or ""
         messages.append({"role": "assistant", "content": text})
     return messages
@@ -135,7 +139,9 @@ def test_an_agent_run_reviewed_in_a_browser(
         assert page.evaluate("() => document.activeElement.id") == "search"
         page.keyboard.press("Escape")
         sent = time.monotonic()
-        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "live one"}])
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "live one"}]
+        )
         page.wait_for_function(f"() => document.querySelectorAll('table.grid tbody tr[data-id]').length > {rows_before}",
                                timeout=30_000)  # fmt: skip
         live_s = time.monotonic() - sent
@@ -165,7 +171,9 @@ def test_an_agent_run_reviewed_in_a_browser(
         page.wait_for_load_state()
         assert "good" in page.inner_text(".facts")
         page.fill(".label-forms form:nth-of-type(2) input[name=label]", "bad")
-        page.fill(".label-forms form:nth-of-type(2) input[name=note]", "leaked markup into the answer")
+        page.fill(
+            ".label-forms form:nth-of-type(2) input[name=note]", "leaked markup into the answer"
+        )
         page.click(".label-forms form:nth-of-type(2) button[type=submit]")
         page.wait_for_load_state()
         assert "bad" in page.inner_text(".facts")
@@ -186,7 +194,9 @@ def test_an_agent_run_reviewed_in_a_browser(
         assert record["conversation"]["answer"] == streamed["answer"]
     finally:
         ui.stop()
-    dataset = CliRunner().invoke(main, ["log", "export", "--store", store, "--format", "dataset", "--label", "bad"])
+    dataset = CliRunner().invoke(
+        main, ["log", "export", "--store", store, "--format", "dataset", "--label", "bad"]
+    )
     assert dataset.exit_code == 0
     (case,) = [line for line in dataset.output.splitlines() if line.strip()]
     assert '"note":"leaked markup into the answer"' in case and '"label":"bad"' in case

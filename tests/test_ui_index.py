@@ -18,7 +18,13 @@ from llmreel.log.linking import fingerprint
 from llmreel.log.record import exchange_record
 from llmreel.storage.lmdbstore import LmdbStore
 from llmreel.ui.index import Index, Indexer
-from llmreel.ui.queries import ExchangeQuery, QueryError, list_exchanges, list_threads, thread_detail
+from llmreel.ui.queries import (
+    ExchangeQuery,
+    QueryError,
+    list_exchanges,
+    list_threads,
+    thread_detail,
+)
 from tests.uiagent import agent_run, chat_exchange
 
 
@@ -52,7 +58,9 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 
 def test_a_call_continues_the_one_whose_conversation_and_answer_it_begins_with() -> None:
-    first, reply = chat_exchange([{"role": "user", "content": "hi"}], tool_calls=[("c1", "f", {"a": 1, "b": 2})])
+    first, reply = chat_exchange(
+        [{"role": "user", "content": "hi"}], tool_calls=[("c1", "f", {"a": 1, "b": 2})]
+    )
     # The SDK resends the arguments with other whitespace and key order.
     reply["tool_calls"][0]["function"]["arguments"] = '{ "b": 2,  "a": 1 }'
     second, _ = chat_exchange([{"role": "user", "content": "hi"}, reply,
@@ -86,8 +94,12 @@ def test_an_agent_run_is_one_thread_with_only_new_messages_per_step(world: World
 
 def test_two_calls_continuing_one_step_are_a_fork(world: World) -> None:
     base, reply = chat_exchange([{"role": "user", "content": "plan"}], answer="Plan: A or B")
-    left, _ = chat_exchange([{"role": "user", "content": "plan"}, reply, {"role": "user", "content": "do A"}])
-    right, _ = chat_exchange([{"role": "user", "content": "plan"}, reply, {"role": "user", "content": "do B"}])
+    left, _ = chat_exchange(
+        [{"role": "user", "content": "plan"}, reply, {"role": "user", "content": "do A"}]
+    )
+    right, _ = chat_exchange(
+        [{"role": "user", "content": "plan"}, reply, {"role": "user", "content": "do B"}]
+    )
     world.add(base, left, right)
     (thread,) = list_threads(world.conn)["items"]
     steps = thread_detail(world.conn, world.labels, thread["id"])["steps"]
@@ -106,8 +118,12 @@ def test_unrelated_calls_and_other_namespaces_are_separate_threads(world: World)
 
 
 def test_the_session_header_groups_calls_and_runs_filter_threads(world: World) -> None:
-    a, _ = chat_exchange([{"role": "user", "content": "one"}], answer="x", session="triage-7", run="R1")
-    b, _ = chat_exchange([{"role": "user", "content": "two"}], answer="y", session="triage-7", run="R1")
+    a, _ = chat_exchange(
+        [{"role": "user", "content": "one"}], answer="x", session="triage-7", run="R1"
+    )
+    b, _ = chat_exchange(
+        [{"role": "user", "content": "two"}], answer="y", session="triage-7", run="R1"
+    )
     c, _ = chat_exchange([{"role": "user", "content": "three"}], answer="z", run="R2")
     world.add(a, b, c)
     (thread,) = list_threads(world.conn, run="R1")["items"]
@@ -163,7 +179,10 @@ def test_labelled_exchanges_outlive_retention(tmp_path: Path) -> None:
     store = LmdbStore(tmp_path / "s")
     try:
         exchange_log = ExchangeLog(store, retention_s=60)
-        old = [chat_exchange([{"role": "user", "content": str(n)}], answer="a", started=1000.0 + n)[0] for n in range(3)]
+        old = [
+            chat_exchange([{"role": "user", "content": str(n)}], answer="a", started=1000.0 + n)[0]
+            for n in range(3)
+        ]
         for ex in old:
             exchange_log.append(ex)
         exchange_log.flush()
@@ -194,3 +213,24 @@ def test_the_index_is_private_and_rebuilds_after_deletion(tmp_path: Path) -> Non
 def test_bad_filters_say_what_is_accepted(params: dict[str, Any]) -> None:
     with pytest.raises(QueryError):
         ExchangeQuery.parse(params)
+
+
+def test_log_ls_finds_a_run_a_session_and_a_label(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from llmreel.cli.main import main
+
+    store = LmdbStore(tmp_path / "s")
+    exchange_log = ExchangeLog(store, retention_s=None)
+    a, _ = chat_exchange([{"role": "user", "content": "a"}], answer="1", run="01RUN")
+    b, _ = chat_exchange([{"role": "user", "content": "b"}], answer="2", session="s1")
+    for ex in (a, b):
+        exchange_log.append(ex)
+    exchange_log.flush()
+    Labels(store).set(Target.exchange(b.id), "bad", "no")
+    store.close()
+    runner = CliRunner()
+    for args, expected in ((["--run", "01RUN"], a.id), (["--session", "s1"], b.id), (["--label", "bad"], b.id)):
+        result = runner.invoke(main, ["log", "ls", "--store", str(tmp_path / "s"), "--json", *args])
+        assert result.exit_code == 0, result.output
+        assert result.output.count("\n") == 1 and expected in result.output

@@ -34,7 +34,11 @@ def chat_exchange(
     message: dict[str, Any] = {"role": "assistant", "content": answer}
     if tool_calls:
         message["tool_calls"] = [
-            {"id": cid, "type": "function", "function": {"name": name, "arguments": orjson.dumps(args).decode()}}
+            {
+                "id": cid,
+                "type": "function",
+                "function": {"name": name, "arguments": orjson.dumps(args).decode()},
+            }
             for cid, name, args in tool_calls
         ]
     tokens = 20 * len(messages) + 10
@@ -66,8 +70,12 @@ def chat_exchange(
         "upstream_s": 0.49,
         "usage": Usage(input=tokens, output=7) if status == 200 else None,
         "cost_usd": 0.0001 * tokens if status == 200 else None,
-        "request_headers": mask_headers([("content-type", "application/json"),
-                                         ("authorization", "Bearer sk-proj-abcdefghijklmnopqrstuvwxyz012345")]),  # fmt: skip
+        "request_headers": mask_headers(
+            [
+                ("content-type", "application/json"),
+                ("authorization", "Bearer sk-proj-abcdefghijklmnopqrstuvwxyz012345"),
+            ]
+        ),
         "response_headers": [("content-type", "application/json")],
         "request_body": orjson.dumps({"model": model, "messages": messages}),
         "response_body": body,
@@ -80,7 +88,10 @@ def chat_exchange(
 def agent_run(steps: int, *, system: str = "You are a careful agent.", task: str = "Find the weather",
               **overrides: Any) -> list[Exchange]:  # fmt: skip
     """`steps` calls of one agent: each answer is a tool call, each tool result goes back."""
-    messages: list[dict[str, Any]] = [{"role": "system", "content": system}, {"role": "user", "content": task}]
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": task},
+    ]
     out = []
     for n in range(steps):
         last = n == steps - 1

@@ -26,8 +26,8 @@ from rich.text import Text
 from llmreel.cli.tables import print_table, stdout_console
 from llmreel.core.exchange import CACHE_OUTCOMES
 from llmreel.core.ids import id_floor, id_time
-from llmreel.log.exchangelog import AmbiguousExchange, ExchangeLog, UnknownExchange
 from llmreel.log.dataset import dataset_case
+from llmreel.log.exchangelog import AmbiguousExchange, ExchangeLog, UnknownExchange
 from llmreel.log.har import har_chunks
 from llmreel.log.labels import Labels
 from llmreel.log.query import LogFilter, parse_duration, parse_when
@@ -131,7 +131,7 @@ def _label_option[F: Callable[..., Any]](func: F) -> F:
 def _labelled(flt: LogFilter, label: str | None, exchange_log: ExchangeLog) -> LogFilter:
     if not label:
         return flt
-    ids = frozenset(Labels(exchange_log.store).exchanges(label))  # type: ignore[arg-type]
+    ids = frozenset(Labels(exchange_log.store).exchanges(label))
     return dataclasses.replace(flt, ids=ids)
 
 
@@ -405,7 +405,7 @@ def export_command(
     err = Console(stderr=True, highlight=False)
     with _open_log(store) as exchange_log, _output(output) as sink:
         flt = _labelled(flt, label, exchange_log)
-        labels = Labels(exchange_log.store).exchanges() if fmt == "dataset" else {}  # type: ignore[arg-type]
+        labels = Labels(exchange_log.store).exchanges() if fmt == "dataset" else {}
         records = _limited(exchange_log.iter(flt, newest_first=False, content=True), limit)
         total = exchange_log.count() if flt == LogFilter() and not limit else None
         written = 0

@@ -19,7 +19,6 @@ from llmreel.cli.cache import cache
 from llmreel.cli.config import apply_config, config_command
 from llmreel.cli.log import log as log_group
 from llmreel.cli.reverse import Reverse
-from llmreel.cli.ui import start_beside, ui_command, ui_options
 from llmreel.cli.server import (
     DEFAULT_CONFDIR,
     ProxyServer,
@@ -27,6 +26,7 @@ from llmreel.cli.server import (
     Running,
     StartupError,
 )
+from llmreel.cli.ui import start_beside, ui_command, ui_options
 from llmreel.core.ids import new_id
 from llmreel.core.modes import MODES
 from llmreel.core.wire import is_loopback

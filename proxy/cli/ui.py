@@ -13,7 +13,14 @@ import click
 
 from llmreel.storage.lmdbstore import StoreError
 from llmreel.ui.app import UiSettings
-from llmreel.ui.server import AUTH_ENV, DEFAULT_PORT, UiProcess, check_binding, parse_auth, serve_forever
+from llmreel.ui.server import (
+    AUTH_ENV,
+    DEFAULT_PORT,
+    UiProcess,
+    check_binding,
+    parse_auth,
+    serve_forever,
+)
 
 __all__ = ["start_beside", "ui_command", "ui_options"]
 

@@ -37,7 +37,9 @@ def dataset_case(record: Mapping[str, Any], label: Label | None) -> dict[str, An
         },
         "expected": {
             "text": "\n".join(p.text for p in answer if p.kind == "text") or None,
-            "tool_calls": [{"name": p.name, "arguments": p.text} for p in answer if p.kind == "tool_call"],
+            "tool_calls": [
+                {"name": p.name, "arguments": p.text} for p in answer if p.kind == "tool_call"
+            ],
             "finish_reason": conv.finish_reason,
         },
         "label": label.label if label else None,
@@ -49,8 +51,16 @@ def _message(message: Message) -> dict[str, Any]:
     return {
         "role": message.role,
         "parts": [
-            {k: v for k, v in (("kind", p.kind), ("text", p.text), ("name", p.name),
-                                ("call_id", p.call_id)) if v is not None}  # fmt: skip
+            {
+                k: v
+                for k, v in (
+                    ("kind", p.kind),
+                    ("text", p.text),
+                    ("name", p.name),
+                    ("call_id", p.call_id),
+                )
+                if v is not None
+            }
             for p in message.parts
         ],
     }

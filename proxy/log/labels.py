@@ -135,4 +135,6 @@ def _decode(raw: bytes) -> Label | None:
         return None
     if not isinstance(doc, dict):
         return None
-    return Label(str(doc.get("label") or ""), str(doc.get("note") or ""), str(doc.get("time") or ""))
+    return Label(
+        str(doc.get("label") or ""), str(doc.get("note") or ""), str(doc.get("time") or "")
+    )

@@ -25,7 +25,13 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -72,7 +78,9 @@ class UiState:
         self.log = ExchangeLog(self.store, retention_s=None)  # the proxy prunes, not the UI
         self.labels = Labels(self.store)
         self.index = Index(settings.store)
-        self.indexer = Indexer(self.index, self.log, self.labels, interval_s=settings.index_interval_s)
+        self.indexer = Indexer(
+            self.index, self.log, self.labels, interval_s=settings.index_interval_s
+        )
         self.csrf = secrets.token_urlsafe(32)
         self._local = threading.local()
         self._conns: list[Any] = []
@@ -141,7 +149,9 @@ def create_app(settings: UiSettings, state: UiState | None = None) -> Starlette:
             return problem(request, 400, "limit: give a number")
         run = request.query_params.get("run") or ""
         label = request.query_params.get("label") or ""
-        data = await _off_loop(list_threads, ui.conn(), limit=max(1, min(limit, 1000)), run=run, label=label)
+        data = await _off_loop(
+            list_threads, ui.conn(), limit=max(1, min(limit, 1000)), run=run, label=label
+        )
         if request.url.path.startswith("/api/"):
             return _json(data)
         return page(request, "threads.html", data=data, run=run, label=label)
@@ -157,7 +167,9 @@ def create_app(settings: UiSettings, state: UiState | None = None) -> Starlette:
         return page(request, "thread.html", thread=data)
 
     async def label(request: Request) -> Response:
-        kind = "thread" if request.url.path.startswith(("/api/threads/", "/threads/")) else "exchange"
+        kind = (
+            "thread" if request.url.path.startswith(("/api/threads/", "/threads/")) else "exchange"
+        )
         ident = request.path_params["id"]
         body = await request.body()
         if len(body) > _MAX_FORM:

@@ -121,11 +121,7 @@ class Index:
 
 
 class Indexer:
-    """Brings an `Index` up to date with a store's log, now (`catch_up`) or in a thread (`start`).
-
-    `changed` is notified after each batch that added exchanges, with `version` incremented: the
-    UI's event stream waits on it.
-    """
+    """Brings an `Index` up to date with a store's log, now (`catch_up`) or in a thread (`start`)."""
 
     def __init__(
         self,
@@ -145,10 +141,6 @@ class Indexer:
         self._lock = threading.Lock()  # one indexing pass at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.changed = threading.Condition()
-        self.version = 0
-        self.latest: list[str] = []  # ids added by the last batch
-        self.total = 0  # log entries seen in the last pass (for "indexing n of N")
         self.error: str | None = None
 
     # --- running ------------------------------------------------------------------------------
@@ -159,8 +151,6 @@ class Indexer:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        with self.changed:
-            self.changed.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
         self._conn.close()
@@ -192,7 +182,10 @@ class Indexer:
         row = conn.execute("SELECT max(id) FROM ex").fetchone()
         newest = row[0] if row else None
         start = id_floor(id_time(newest) - LOOKBACK_S).encode() if newest else None
-        known = {r[0] for r in conn.execute("SELECT id FROM ex WHERE id >= ?", ((start or b"").decode(),))}
+        known = {
+            r[0]
+            for r in conn.execute("SELECT id FROM ex WHERE id >= ?", ((start or b"").decode(),))
+        }
         added: list[str] = []
         for key, value in self.log.store.iter_raw(LOG_DB, start=start):
             ident = key.decode("ascii", "replace")
@@ -216,11 +209,8 @@ class Indexer:
         return len(added)
 
     def _commit(self, ids: list[str]) -> None:
+        # Readers (the pages, the event stream) see the batch from here on.
         self._conn.commit()
-        with self.changed:
-            self.version += 1
-            self.latest = ids
-            self.changed.notify_all()
 
     def _forget_pruned(self) -> None:
         # Retention deleted the oldest log entries (labelled ones stay): drop their index rows.
@@ -275,7 +265,9 @@ class Indexer:
              _num(record.get("ttfc_s")), thread_id, steps + 1, parent["id"] if parent else None,
              branch, int(fork), fp.continuation, fp.length, orjson.dumps(step)),
         )  # fmt: skip
-        conn.execute("INSERT INTO fts(rowid, text) VALUES (?, ?)", (cur.lastrowid, _text(step, record)))
+        conn.execute(
+            "INSERT INTO fts(rowid, text) VALUES (?, ?)", (cur.lastrowid, _text(step, record))
+        )
         if parent is not None:
             conn.execute("UPDATE ex SET children = children + 1 WHERE id = ?", (parent["id"],))
         models = orjson.loads(thread["models"]) if thread else []
@@ -340,7 +332,9 @@ def message_dict(message: Message) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _step_doc(record: Mapping[str, Any], new: Iterable[Turn], answer: Iterable[Turn]) -> dict[str, Any]:
+def _step_doc(
+    record: Mapping[str, Any], new: Iterable[Turn], answer: Iterable[Turn]
+) -> dict[str, Any]:
     new_messages = [message_dict(_cut(m)) for m in messages_of(new)]
     texts = [t.part.text for t in answer if t.part.kind == "text"]
     calls = [
@@ -393,6 +387,8 @@ def _num(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def rows(conn: sqlite3.Connection, sql: str, params: Iterable[Any] = ()) -> Iterator[dict[str, Any]]:
+def rows(
+    conn: sqlite3.Connection, sql: str, params: Iterable[Any] = ()
+) -> Iterator[dict[str, Any]]:
     for row in conn.execute(sql, tuple(params)):
         yield dict(row)

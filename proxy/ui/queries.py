@@ -48,7 +48,9 @@ _KEY_HEADERS: Final = {
     "proxy-authorization": None,
     "cookie": None,
 }
-_SKIPPED_HEADERS: Final = frozenset({"content-length", "host", "accept-encoding", "connection"})
+#: Headers curl sets itself, and SDK telemetry that only adds noise to a command to paste.
+_SKIPPED_HEADERS: Final = frozenset({"content-length", "host", "accept-encoding", "connection",
+                                     "accept", "user-agent"})  # fmt: skip
 
 
 class QueryError(ValueError):
@@ -149,7 +151,9 @@ def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def list_exchanges(conn: sqlite3.Connection, query: ExchangeQuery, *, totals: bool = True) -> dict[str, Any]:
+def list_exchanges(
+    conn: sqlite3.Connection, query: ExchangeQuery, *, totals: bool = True
+) -> dict[str, Any]:
     """`{"items": [...], "totals": {...}, "next_before": id | None}`, newest first."""
     where, args = query.where()
     page_where = where + (" AND ex.id < ?" if query.before else "")
@@ -274,7 +278,7 @@ def curl_command(record: Mapping[str, Any]) -> str:
         if not (isinstance(pair, list) and len(pair) == 2):
             continue
         name = str(pair[0]).lower()
-        if name in _SKIPPED_HEADERS or name.startswith(("llmreel-", "proxy-")):
+        if name in _SKIPPED_HEADERS or name.startswith(("llmreel-", "proxy-", "x-stainless-")):
             continue
         if name in _KEY_HEADERS:
             placeholder = _KEY_HEADERS[name]
@@ -294,7 +298,9 @@ def _sh(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-def list_threads(conn: sqlite3.Connection, *, limit: int = 50, run: str = "", label: str = "") -> dict[str, Any]:
+def list_threads(
+    conn: sqlite3.Connection, *, limit: int = 50, run: str = "", label: str = ""
+) -> dict[str, Any]:
     """`{"items": [...]}`: threads, the most recently active first."""
     clauses, args = ["1"], []
     if run:

@@ -14,7 +14,7 @@ import orjson
 from jinja2 import Environment
 
 from llmreel.log.record import record_unix
-from llmreel.log.view import count, money, seconds
+from llmreel.log.view import count, seconds
 
 __all__ = ["install", "pretty", "step_chart", "timing"]
 
@@ -34,7 +34,7 @@ CACHE_CLASS: Final = {
 
 def install(env: Environment) -> None:
     env.filters.update(
-        money=money,
+        money=usd,
         secs=seconds,
         count=count,
         tokens=tokens,
@@ -48,6 +48,17 @@ def install(env: Environment) -> None:
         segments=segments,
     )
     env.globals.update(step_chart=step_chart, timing=timing)
+
+
+def usd(value: object) -> str:
+    """Dollars to the precision small calls need, without exponents: $0.000057."""
+    if not isinstance(value, int | float):
+        return "-"
+    if value == 0:
+        return "$0"
+    digits = 2 if abs(value) >= 1 else 4 if abs(value) >= 0.01 else 6
+    text = f"${value:.{digits}f}"
+    return text.rstrip("0").rstrip(".") if "." in text and abs(value) < 1 else text
 
 
 def tokens(value: object) -> str:
@@ -65,10 +76,11 @@ def when(value: object) -> str:
 def pretty(value: object) -> str:
     """JSON indented by two spaces; a string that holds JSON is parsed first."""
     if isinstance(value, str):
+        text = value
         try:
-            value = orjson.loads(value)
+            value = orjson.loads(text)
         except orjson.JSONDecodeError:
-            return value
+            return text
     try:
         return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
     except (TypeError, orjson.JSONEncodeError):

@@ -83,6 +83,10 @@ class UiProcess:
     url: str = ""
     _proc: subprocess.Popen[str] | None = field(default=None, repr=False)
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def start(self) -> str:
         """Start it and wait for its ready line; returns the URL. Raises RuntimeError if it fails."""
         env = dict(os.environ)
