@@ -230,7 +230,11 @@ def test_log_ls_finds_a_run_a_session_and_a_label(tmp_path: Path) -> None:
     Labels(store).set(Target.exchange(b.id), "bad", "no")
     store.close()
     runner = CliRunner()
-    for args, expected in ((["--run", "01RUN"], a.id), (["--session", "s1"], b.id), (["--label", "bad"], b.id)):
+    for args, expected in (
+        (["--run", "01RUN"], a.id),
+        (["--session", "s1"], b.id),
+        (["--label", "bad"], b.id),
+    ):
         result = runner.invoke(main, ["log", "ls", "--store", str(tmp_path / "s"), "--json", *args])
         assert result.exit_code == 0, result.output
         assert result.output.count("\n") == 1 and expected in result.output

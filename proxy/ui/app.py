@@ -132,15 +132,18 @@ def create_app(settings: UiSettings, state: UiState | None = None) -> Starlette:
         name = "_results.html" if request.query_params.get("fragment") else "exchanges.html"
         return page(request, name, query=query, data=data, choices=await _off_loop(_choices, ui))
 
-    async def exchange_page(request: Request) -> Response:
-        ident = request.path_params["id"]
+    async def one(request: Request, template: str, name: str, fetch: Any, *args: Any) -> Response:
+        """A page (or its JSON twin) about one thing, or 404."""
         try:
-            record = await _off_loop(exchange_detail, ui.conn(), ui.log, ui.labels, ident)
+            data = await _off_loop(fetch, ui.conn(), *args, request.path_params["id"])
         except NotFound as exc:
             return problem(request, 404, str(exc))
         if request.url.path.startswith("/api/"):
-            return _json(record)
-        return page(request, "exchange.html", ex=record)
+            return _json(data)
+        return page(request, template, **{name: data})
+
+    async def exchange_page(request: Request) -> Response:
+        return await one(request, "exchange.html", "ex", exchange_detail, ui.log, ui.labels)
 
     async def threads_page(request: Request) -> Response:
         try:
@@ -157,14 +160,7 @@ def create_app(settings: UiSettings, state: UiState | None = None) -> Starlette:
         return page(request, "threads.html", data=data, run=run, label=label)
 
     async def thread_page(request: Request) -> Response:
-        ident = request.path_params["id"]
-        try:
-            data = await _off_loop(thread_detail, ui.conn(), ui.labels, ident)
-        except NotFound as exc:
-            return problem(request, 404, str(exc))
-        if request.url.path.startswith("/api/"):
-            return _json(data)
-        return page(request, "thread.html", thread=data)
+        return await one(request, "thread.html", "thread", thread_detail, ui.labels)
 
     async def label(request: Request) -> Response:
         kind = (
@@ -267,7 +263,7 @@ def _choices(ui: UiState) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for column in ("model", "provider", "namespace"):
         out[column] = [r[0] for r in conn.execute(
-            f"SELECT DISTINCT {column} FROM ex WHERE {column} IS NOT NULL ORDER BY 1 LIMIT 200")]  # fmt: skip
+            "SELECT value FROM facets WHERE name = ? ORDER BY value LIMIT 200", (column,))]  # fmt: skip
     out["label"] = [r[0] for r in conn.execute("SELECT DISTINCT label FROM labels ORDER BY 1")]
     return out
 

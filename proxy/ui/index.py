@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE: Final = "ui-index.sqlite3"
 #: Bump to rebuild every index made by an earlier version.
-SCHEMA: Final = 1
+SCHEMA: Final = 2
 #: Entries may be committed a little after newer ones (batched writers, several proxies): look
 #: back this far for ids not indexed yet.
 LOOKBACK_S: Final = 10.0
@@ -60,13 +60,18 @@ CREATE TABLE IF NOT EXISTS ex(
     input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, duration_s REAL, ttfc_s REAL,
     thread TEXT NOT NULL, step INTEGER NOT NULL, parent TEXT, branch INTEGER NOT NULL,
     children INTEGER NOT NULL DEFAULT 0, fork INTEGER NOT NULL DEFAULT 0,
-    cont BLOB, cont_len INTEGER NOT NULL,
-    step_json BLOB NOT NULL
+    cont BLOB, cont_len INTEGER NOT NULL
 );
+-- Kept apart so that the rows `ex` scans for totals stay narrow.
+CREATE TABLE IF NOT EXISTS steps(rowid INTEGER PRIMARY KEY, doc BLOB NOT NULL);
+-- The values the filters offer (models, providers, namespaces), without a scan.
+CREATE TABLE IF NOT EXISTS facets(name TEXT, value TEXT, PRIMARY KEY (name, value)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ex_thread ON ex(thread, id);
 CREATE INDEX IF NOT EXISTS ex_cont ON ex(cont);
 CREATE INDEX IF NOT EXISTS ex_unix ON ex(unix);
 CREATE INDEX IF NOT EXISTS ex_run ON ex(run);
+-- Covers the totals of an unfiltered (or cache-filtered) list: an index-only scan.
+CREATE INDEX IF NOT EXISTS ex_totals ON ex(cache, status, error, input_tokens, output_tokens, cost_usd, duration_s);
 CREATE TABLE IF NOT EXISTS threads(
     id TEXT PRIMARY KEY,
     steps INTEGER NOT NULL, branches INTEGER NOT NULL,
@@ -116,7 +121,7 @@ class Index:
 
     @staticmethod
     def _drop(conn: sqlite3.Connection) -> None:
-        for table in ("meta", "ex", "threads", "labels", "fts"):
+        for table in ("meta", "ex", "steps", "facets", "threads", "labels", "fts"):
             conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
@@ -219,9 +224,11 @@ class Indexer:
             return
         floor = first[0].decode()
         with self._conn:
-            self._conn.execute(
-                "DELETE FROM fts WHERE rowid IN (SELECT rowid FROM ex WHERE id < ?)", (floor,)
-            )
+            for table in ("fts", "steps"):
+                self._conn.execute(
+                    f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM ex WHERE id < ?)",
+                    (floor,),
+                )
             self._conn.execute("DELETE FROM ex WHERE id < ?", (floor,))
 
     def _add(self, conn: sqlite3.Connection, record: Mapping[str, Any]) -> None:
@@ -254,8 +261,8 @@ class Indexer:
         cur = conn.execute(
             "INSERT INTO ex(id, time, unix, model, provider, api, operation, cache, status, error,"
             " error_type, namespace, run, session, stream, input_tokens, output_tokens, cost_usd,"
-            " duration_s, ttfc_s, thread, step, parent, branch, fork, cont, cont_len, step_json)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " duration_s, ttfc_s, thread, step, parent, branch, fork, cont, cont_len)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (ident, record.get("time"), record_unix(record) or id_time(ident),
              model, record.get("provider"), record.get("api"), record.get("operation"),
              record.get("cache"), _int(record.get("status")), record.get("error"),
@@ -263,10 +270,16 @@ class Indexer:
              int(bool(record.get("stream"))), _int(record.get("input_tokens")),
              _int(record.get("output_tokens")), cost, _num(record.get("duration_s")),
              _num(record.get("ttfc_s")), thread_id, steps + 1, parent["id"] if parent else None,
-             branch, int(fork), fp.continuation, fp.length, orjson.dumps(step)),
+             branch, int(fork), fp.continuation, fp.length),
         )  # fmt: skip
+        conn.execute("INSERT INTO steps VALUES (?, ?)", (cur.lastrowid, orjson.dumps(step)))
         conn.execute(
             "INSERT INTO fts(rowid, text) VALUES (?, ?)", (cur.lastrowid, _text(step, record))
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO facets VALUES (?, ?)",
+            [(name, record.get(name)) for name in ("provider", "namespace") if record.get(name)]
+            + ([("model", model)] if model else []),
         )
         if parent is not None:
             conn.execute("UPDATE ex SET children = children + 1 WHERE id = ?", (parent["id"],))

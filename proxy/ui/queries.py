@@ -337,7 +337,8 @@ def thread_detail(conn: sqlite3.Connection, labels: Labels, thread_id: str) -> d
     cumulative = 0.0
     for row in conn.execute(
         "SELECT id, time, model, cache, status, error_type, input_tokens, output_tokens, cost_usd,"
-        " duration_s, ttfc_s, parent, branch, fork, step_json FROM ex WHERE thread = ? ORDER BY id",
+        " duration_s, ttfc_s, parent, branch, fork, steps.doc AS step_json"
+        " FROM ex JOIN steps ON steps.rowid = ex.rowid WHERE thread = ? ORDER BY id",
         (thread_id,),
     ):
         number[row["id"]] = len(steps) + 1
