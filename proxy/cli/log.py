@@ -7,6 +7,7 @@ rich table with colour on a terminal, and plain aligned text (no escape codes) w
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -25,8 +26,10 @@ from rich.text import Text
 from llmreel.cli.tables import print_table, stdout_console
 from llmreel.core.exchange import CACHE_OUTCOMES
 from llmreel.core.ids import id_floor, id_time
+from llmreel.log.dataset import dataset_case
 from llmreel.log.exchangelog import AmbiguousExchange, ExchangeLog, UnknownExchange
 from llmreel.log.har import har_chunks
+from llmreel.log.labels import Labels
 from llmreel.log.query import LogFilter, parse_duration, parse_when
 from llmreel.log.record import strip_bodies
 from llmreel.log.view import (
@@ -71,6 +74,10 @@ def _filter_options(*, times: bool = True) -> Callable[[Callable[..., Any]], Cal
             click.option("--status", "statuses", multiple=True, metavar="STATUS",
                          help="A code (200), a class (4xx) or error (no response, or >= 400). Repeatable."),
             click.option("--namespace", "namespaces", multiple=True, help="Cache namespace. Repeatable."),
+            click.option("--run", "runs", multiple=True, metavar="ID",
+                         help="Run id that `llmreel run` gave the exchanges. Repeatable."),
+            click.option("--session", "sessions", multiple=True, metavar="NAME",
+                         help="The llmreel-session request header. Repeatable."),
             click.option("--grep", default=None, metavar="TEXT",
                          help="Only exchanges whose prompts or responses contain TEXT (any case)."),
         ]  # fmt: skip
@@ -106,10 +113,26 @@ def _filter(kw: dict[str, Any]) -> LogFilter:
             caches=tuple(kw.pop("caches")),
             statuses=tuple(s.lower() for s in _split(kw.pop("statuses"))),
             namespaces=_split(kw.pop("namespaces")),
+            runs=_split(kw.pop("runs")),
+            sessions=_split(kw.pop("sessions")),
             grep=kw.pop("grep") or None,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--status") from exc
+
+
+def _label_option[F: Callable[..., Any]](func: F) -> F:
+    return click.option(
+        "--label", default=None, metavar="WORD",
+        help="Only exchanges labelled WORD in `llmreel ui` (good, bad, ...).",
+    )(func)  # fmt: skip
+
+
+def _labelled(flt: LogFilter, label: str | None, exchange_log: ExchangeLog) -> LogFilter:
+    if not label:
+        return flt
+    ids = frozenset(Labels(exchange_log.store).exchanges(label))
+    return dataclasses.replace(flt, ids=ids)
 
 
 def _split(values: Iterable[str]) -> tuple[str, ...]:
@@ -198,12 +221,14 @@ def log() -> None:
 @click.option("--limit", "-n", type=click.IntRange(0), default=50, show_default=True,
               help="At most this many, newest first (0: all).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_label_option
 @_quiet_on_broken_pipe
-def ls_command(store: str, limit: int, as_json: bool, **kw: Any) -> None:
+def ls_command(store: str, limit: int, as_json: bool, label: str | None, **kw: Any) -> None:
     """List exchanges, newest first."""
     flt = _filter(kw)
     console = stdout_console()
     with _open_log(store) as exchange_log:
+        flt = _labelled(flt, label, exchange_log)
         records = _limited(exchange_log.iter(flt), limit)
         if as_json:
             for record in records:
@@ -354,10 +379,11 @@ def _follow(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["jsonl", "har"]),
+    type=click.Choice(["jsonl", "har", "dataset"]),
     default="jsonl",
     show_default=True,
-    help="jsonl: one record per line. har: HAR 1.2 for devtools.",
+    help="jsonl: one record per line. har: HAR 1.2 for devtools. dataset: one eval case per "
+    "line (input conversation, expected answer, label and note).",
 )
 @click.option(
     "-o",
@@ -369,14 +395,17 @@ def _follow(
 )
 @click.option("--no-bodies", is_flag=True, help="Leave prompts and responses out (jsonl only).")
 @click.option("--limit", type=click.IntRange(0), default=0, help="At most this many (0: all).")  # fmt: skip
+@_label_option
 @_quiet_on_broken_pipe
 def export_command(
-    store: str, fmt: str, output: str, no_bodies: bool, limit: int, **kw: Any
+    store: str, fmt: str, output: str, no_bodies: bool, limit: int, label: str | None, **kw: Any
 ) -> None:
     """Export exchanges, oldest first, with headers and full bodies (streams included)."""
     flt = _filter(kw)
     err = Console(stderr=True, highlight=False)
     with _open_log(store) as exchange_log, _output(output) as sink:
+        flt = _labelled(flt, label, exchange_log)
+        labels = Labels(exchange_log.store).exchanges() if fmt == "dataset" else {}
         records = _limited(exchange_log.iter(flt, newest_first=False, content=True), limit)
         total = exchange_log.count() if flt == LogFilter() and not limit else None
         written = 0
@@ -396,6 +425,10 @@ def export_command(
             if fmt == "har":
                 for chunk in har_chunks(counted(records), creator_version=_version()):
                     sink.write(chunk)
+            elif fmt == "dataset":
+                for record in counted(records):
+                    case = dataset_case(record, labels.get(str(record.get("id"))))
+                    sink.write(orjson.dumps(case, default=str) + b"\n")
             else:
                 for record in counted(records):
                     sink.write(orjson.dumps(strip_bodies(record) if no_bodies else record,

@@ -26,6 +26,7 @@ from llmreel.cli.server import (
     Running,
     StartupError,
 )
+from llmreel.cli.ui import start_beside, ui_command, ui_options
 from llmreel.cli.verify import verify
 from llmreel.core.ids import new_id
 from llmreel.core.modes import MODES
@@ -177,26 +178,31 @@ def main(ctx: click.Context) -> None:
               "for any test runner, exchanges since a marker, the run report.")  # fmt: skip
 @click.option("--control-port", type=click.IntRange(0, 65535), default=9466, show_default=True,
               help="Port of the control API (0: a free one).")  # fmt: skip
+@ui_options
 def serve(control: bool, control_port: int, **kw: Any) -> None:
     """Run the proxy in the foreground until SIGINT or SIGTERM."""
+    ui = (kw.pop("with_ui"), kw.pop("ui_port"))
     settings = _settings(kw)
     settings.control_port = control_port if control else -1
     try:
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, ui))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
-async def _serve(settings: ProxySettings) -> None:
+async def _serve(settings: ProxySettings, ui: tuple[bool, int] = (False, 0)) -> None:
     server = ProxyServer(settings)
     running = await _start(server)
-    click.echo(running.summary())
+    ui_process = await asyncio.to_thread(start_beside, settings.store, *ui)
+    click.echo(running.summary() + (f" | ui {ui_process.url}" if ui_process else ""))
     sys.stdout.flush()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, server.shutdown)
     await server.wait()
     await server.stop()
+    if ui_process is not None:
+        await asyncio.to_thread(ui_process.stop)
     log.info("stopped")
 
 
@@ -220,6 +226,7 @@ async def _start(server: ProxyServer) -> Running:
               "list them (the report only counts them otherwise; -v lists them too).")
 @click.option("--control/--no-control", default=True, show_default=True,
               help="Serve the control API on a free port; COMMAND finds it in LLMREEL_CONTROL_URL.")
+@ui_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: bool, control: bool,
         **kw: Any) -> None:  # fmt: skip
@@ -230,6 +237,7 @@ def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: boo
         llmreel run --mode offline -- python agent.py
     """
     verbose = kw["verbose"]
+    ui = (kw.pop("with_ui"), kw.pop("ui_port"))
     settings = _settings(kw)
     if shutil.which(command[0]) is None and not os.path.exists(command[0]):
         raise click.ClickException(f"command not found: {command[0]}")
@@ -237,7 +245,7 @@ def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: boo
     if fail_on_miss is None:
         fail_on_miss = settings.mode == "offline"
     try:
-        code, report = asyncio.run(_run(settings, list(command)))
+        code, report = asyncio.run(_run(settings, list(command), ui))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(report.render(list_unused=fail_on_unused or verbose), err=True)
@@ -248,7 +256,9 @@ def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: boo
     sys.exit(code)
 
 
-async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunReport]:
+async def _run(
+    settings: ProxySettings, command: list[str], ui: tuple[bool, int] = (False, 0)
+) -> tuple[int, RunReport]:
     from llmreel.cli.clientenv import base_url_env, client_env, write_bundle
 
     bundle = write_bundle(settings.confdir)
@@ -271,6 +281,9 @@ async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunRep
     if running.control_url:
         env["LLMREEL_CONTROL_URL"] = running.control_url
     log.info("run id %s", settings.run_id)
+    ui_process = await asyncio.to_thread(start_beside, settings.store, *ui)
+    if ui_process is not None:
+        click.echo(f"llmreel ui: {ui_process.url}threads?run={settings.run_id}", err=True)
     loop = asyncio.get_running_loop()
     try:
         proc = await asyncio.create_subprocess_exec(*command, env=env)
@@ -281,6 +294,8 @@ async def _run(settings: ProxySettings, command: list[str]) -> tuple[int, RunRep
         _find_unused(server.recorder.store, report)
     finally:
         await server.stop()
+        if ui_process is not None:
+            await asyncio.to_thread(ui_process.stop)
     # A child killed by a signal reports -N; shells report 128+N.
     return (code if code >= 0 else 128 - code), report
 
@@ -361,9 +376,7 @@ main.add_command(cache)
 main.add_command(log_group)
 main.add_command(config_command)
 main.add_command(verify)
-
-if __name__ == "__main__":
-    main()
+main.add_command(ui_command)
 
 
 @main.command("addon-path")
@@ -379,3 +392,7 @@ def addon_path() -> None:
     if spec is None or spec.origin is None:
         raise click.ClickException("the llmreel addon is not installed; reinstall llmreel")
     click.echo(str(Path(spec.origin).resolve()))
+
+
+if __name__ == "__main__":
+    main()

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import orjson
 
 from llmreel.core.ids import id_floor
+from llmreel.log.labels import labelled_ids
 from llmreel.log.packing import LogRecordError, pack_exchange, unpack_head, unpack_record
 from llmreel.log.query import LogFilter, StatsRow, stats
 from llmreel.log.retention import PRUNE_INTERVAL_S, PrunableStore, Retention
@@ -87,8 +88,9 @@ class ExchangeLog:
     ) -> None:
         self.store = store
         self.retention = Retention(
-            store, LOG_DB, retention_s=retention_s, clock=clock, interval_s=prune_interval_s
-        )
+            store, LOG_DB, retention_s=retention_s, clock=clock, interval_s=prune_interval_s,
+            keep=partial(labelled_ids, store),
+        )  # fmt: skip
         self._errors = ThrottledLog(log)
 
     # --- writing (the proxy's event loop) -----------------------------------------------------

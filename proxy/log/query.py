@@ -70,6 +70,10 @@ class LogFilter:
     caches: tuple[str, ...] = ()
     statuses: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
+    runs: tuple[str, ...] = ()
+    sessions: tuple[str, ...] = ()
+    #: Only these exchange ids (e.g. those with a label); None: any.
+    ids: frozenset[str] | None = None
     grep: str | None = None
     _grep_folded: str = field(default="", init=False, repr=False, compare=False)
 
@@ -97,6 +101,12 @@ class LogFilter:
         if self.caches and _lower(record.get("cache")) not in _folded(self.caches):
             return False
         if self.namespaces and record.get("namespace") not in self.namespaces:
+            return False
+        if self.runs and record.get("run") not in self.runs:
+            return False
+        if self.sessions and record.get("session") not in self.sessions:
+            return False
+        if self.ids is not None and record.get("id") not in self.ids:
             return False
         if self.models and not self._model_matches(record):
             return False

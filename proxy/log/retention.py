@@ -55,8 +55,11 @@ class Retention:
         retention_s: float | None,
         clock: Callable[[], float] = time.time,
         interval_s: float = PRUNE_INTERVAL_S,
+        keep: Callable[[], set[bytes]] | None = None,
     ) -> None:
         self.store = store
+        #: Keys that are kept however old they are (labelled exchanges), read once per prune.
+        self._keep = keep
         self.db = db
         self.retention_s = retention_s if retention_s and retention_s > 0 else None
         self._clock = clock
@@ -94,9 +97,10 @@ class Retention:
         if age is None:
             return 0
         floor = id_floor(self._clock() - age).encode()
+        kept = self._keep() if self._keep is not None else set()
         removed = 0
         while True:
-            batch = list(itertools.islice(self._keys_before(floor), _PRUNE_BATCH))
+            batch = list(itertools.islice(self._keys_before(floor, kept), _PRUNE_BATCH))
             if not batch:
                 return removed
             writes: list[tuple[bytes, bytes, bytes | None]] = [(self.db, k, None) for k in batch]
@@ -106,11 +110,12 @@ class Retention:
                 self.store.write_raw(writes)
             removed += len(batch)
 
-    def _keys_before(self, floor: bytes) -> Iterator[bytes]:
+    def _keys_before(self, floor: bytes, kept: set[bytes]) -> Iterator[bytes]:
         for key, _ in self.store.iter_raw(self.db):
             if key >= floor:
                 return
-            yield key
+            if key not in kept:
+                yield key
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for a running background prune to finish."""

@@ -86,7 +86,7 @@ class _Job:
 
 #: Named databases in a store. "entries" holds recordings; the others sit beside them.
 #: "endpoints" indexes "entries" (see `llmreel.storage.candidates`); stores older than it lack it.
-DATABASES = (b"meta", b"entries", b"log", b"used", INDEX_DB)
+DATABASES = (b"meta", b"entries", b"log", b"used", INDEX_DB, b"labels")
 #: How often, at most, `candidates` rebuilds an index that does not match the entries (an older
 #: llmreel writing to the same store leaves it behind).
 _REINDEX_INTERVAL_S = 600.0
