@@ -69,23 +69,79 @@ def namespaces(store: Path) -> set[str]:
         return {r.namespace for r in db.iter()}
 
 
+FIXTURE = """
+from agent import ask, client
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def test_calls(llmreel):
+    assert llmreel.calls == 0 and llmreel.cost_usd == 0
+    answer = ask("say hello to the reel")
+    client.chat.completions.create(model="gpt-4o-mini", tools=TOOLS,
+        messages=[{"role": "user", "content": "Weather in Paris?"}])
+    first, second = llmreel.exchanges
+    assert first.model == "gpt-4o-mini"
+    assert first.system == ("Be brief.",)
+    assert "say hello to the reel" in first.prompt
+    assert first.answer == answer
+    assert [t.name for t in second.tool_calls] == ["get_weather"]
+    assert second.tool_calls[0].arguments.get("city")
+    assert llmreel.tokens == sum(c.usage.input + c.usage.output for c in llmreel)
+    assert 0 < llmreel.cost_usd < 0.01
+    assert llmreel.cost_usd == first.cost_usd + second.cost_usd
+    print(f"CACHE {[c.cache for c in llmreel]} HITS {llmreel.hits} MISSES {llmreel.misses}")
+"""
+
+CHILD = """
+import subprocess, sys
+
+def test_child(llmreel):
+    out = subprocess.run([sys.executable, "-c", "from agent import ask; print(ask('from a child'))"],
+                         capture_output=True, text=True, check=True)
+    assert "from a child" in out.stdout
+    assert [c.namespace for c in llmreel] == ["test_child.test_child"]
+"""
+
+SHARED = """
+import pytest
+from agent import ask
+
+@pytest.mark.llmreel(namespace="shared")
+def test_one():
+    ask("one")
+
+@pytest.mark.llmreel(namespace="shared")
+def test_two():
+    ask("two")
+"""
+
+
 def test_records_per_test_then_replays_offline_without_the_upstream(
     project: pytest.Pytester, fake: FakeUpstream
 ) -> None:
-    first = run(project, "--llmreel=auto")
-    first.assert_outcomes(passed=3)
-    assert len(fake.requests) == 3
-    first.stdout.fnmatch_lines(["*llmreel (auto, store *recordings)*",
-                                "3 LLM call(s): 0 hit(s), 3 new recording(s), 0 offline miss(es)*",
-                                "  test_agent.py::test_hello: 1 new recording(s)"])  # fmt: skip
+    project.makepyfile(test_fixture=FIXTURE, test_child=CHILD, test_shared=SHARED)
+    first = run(project, "--llmreel=auto", "-s")
+    first.assert_outcomes(passed=7)
+    assert len(fake.requests) == 8
+    first.stdout.fnmatch_lines([
+        "*llmreel (auto, store *recordings)*",
+        "8 LLM call(s): 0 hit(s), 8 new recording(s), 0 offline miss(es); cost $*, spent now $*",
+        "  test_agent.py::test_hello: 1 new recording(s)",
+    ])  # fmt: skip
+    first.stdout.fnmatch_lines(["*CACHE ?'miss', 'miss'? HITS 0 MISSES 2*"])
     assert namespaces(project.path / "recordings") == {
-        "test_agent.test_hello", "test_agent.test_city.Paris", "test_agent.test_city.Rome"}  # fmt: skip
+        "test_agent.test_hello", "test_agent.test_city.Paris", "test_agent.test_city.Rome",
+        "test_fixture.test_calls", "test_child.test_child", "shared",
+    }  # fmt: skip
 
     fake.reset()
-    again = run(project, "--llmreel=offline")
-    again.assert_outcomes(passed=3)
+    again = run(project, "--llmreel=offline", "-s")
+    again.assert_outcomes(passed=7)
     assert fake.requests == []
-    again.stdout.fnmatch_lines(["3 LLM call(s): 3 hit(s), 0 new recording(s), 0 offline miss(es)*"])
+    again.stdout.fnmatch_lines(["8 LLM call(s): 8 hit(s), 0 new recording(s), 0 offline miss(es)*"])
+    again.stdout.fnmatch_lines(["*CACHE ?'hit', 'hit'? HITS 2 MISSES 0*"])
 
 
 def test_a_changed_prompt_fails_its_own_test_with_the_diff_even_if_the_error_was_swallowed(
@@ -94,132 +150,38 @@ def test_a_changed_prompt_fails_its_own_test_with_the_diff_even_if_the_error_was
     run(project, "--llmreel=auto").assert_outcomes(passed=3)
     project.makepyfile(test_agent=TESTS.replace(
         'def test_city(city):\n    assert city in ask(f"weather in {city}")',
-        'def test_city(city):\n    try:\n        ask(f"forecast for {city}")\n'
+        'def test_city(city):\n    try:\n'
+        '        ask(f"forecast for {city}" if city == "Paris" else f"weather in {city}")\n'
         '    except Exception:\n        pass  # the application carries on',
     ))  # fmt: skip
     fake.reset()
     result = run(project, "--llmreel=offline")
-    result.assert_outcomes(passed=1, failed=2)
+    result.assert_outcomes(passed=2, failed=1)
     assert fake.requests == []
     result.stdout.fnmatch_lines([
         "*_ test_city?Paris? _*",
         "llmreel: 1 LLM call(s) of this test had no recording, and llmreel is in offline mode.*",
         "POST https://127.0.0.1:*/v1/chat/completions  (namespace 'test_agent.test_city.Paris', key *",
-        "*weather in Paris*",
-        "*forecast for Paris*",
+        "*messages?1?.content: 'weather in Paris' -> 'forecast for Paris'*",
         "To record it (with network access and API keys), run:",
         "  pytest --llmreel=auto 'test_agent.py::test_city[Paris]'",
+        "*3 LLM call(s): 2 hit(s), 0 new recording(s), 1 offline miss(es)*",
+        "  test_agent.py::test_city[Paris]: 1 offline miss(es)",
     ])  # fmt: skip
-    result.stdout.fnmatch_lines(["  test_agent.py::test_city[Rome]: 1 offline miss(es)"])
-    assert "test_hello: " not in result.stdout.str()
-
-
-def test_the_fixture_reports_the_calls_their_prompts_answers_tool_calls_and_cost(
-    project: pytest.Pytester,
-) -> None:
-    project.makepyfile(
-        test_fixture="""
-        from agent import ask, client
-
-        TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-            "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
-
-
-        def test_calls(llmreel):
-            assert llmreel.calls == 0 and llmreel.cost_usd == 0
-            answer = ask("say hello to the reel")
-            client.chat.completions.create(model="gpt-4o-mini", tools=TOOLS,
-                messages=[{"role": "user", "content": "Weather in Paris?"}])
-            first, second = llmreel.exchanges
-            assert first.model == "gpt-4o-mini"
-            assert first.system == ("Be brief.",)
-            assert "say hello to the reel" in first.prompt
-            assert first.answer == answer
-            assert [t.name for t in second.tool_calls] == ["get_weather"]
-            assert second.tool_calls[0].arguments.get("city")
-            assert llmreel.tokens == sum(c.usage.input + c.usage.output for c in llmreel)
-            assert 0 < llmreel.cost_usd < 0.01
-            assert llmreel.cost_usd == first.cost_usd + second.cost_usd
-            print(f"CACHE {[c.cache for c in llmreel]} HITS {llmreel.hits} MISSES {llmreel.misses}")
-    """
-    )
-    first = run(project, "--llmreel=auto", "-s", "test_fixture.py")
-    first.assert_outcomes(passed=1)
-    first.stdout.fnmatch_lines(["*CACHE ['miss', 'miss'] HITS 0 MISSES 2*"])
-    again = run(project, "--llmreel=offline", "-s", "test_fixture.py")
-    again.assert_outcomes(passed=1)
-    again.stdout.fnmatch_lines(["*CACHE ['hit', 'hit'] HITS 2 MISSES 0*"])
-
-
-def test_agents_in_subprocesses_are_recorded_in_the_test_that_ran_them(
-    project: pytest.Pytester, fake: FakeUpstream
-) -> None:
-    project.makepyfile(
-        test_child="""
-        import subprocess, sys
-
-        def test_child(llmreel):
-            out = subprocess.run([sys.executable, "-c", "from agent import ask; print(ask('from a child'))"],
-                                 capture_output=True, text=True, check=True)
-            assert "from a child" in out.stdout
-            assert [c.namespace for c in llmreel] == ["test_child.test_child"]
-    """
-    )
-    run(project, "--llmreel=auto", "test_child.py").assert_outcomes(passed=1)
-    fake.reset()
-    run(project, "--llmreel=offline", "test_child.py").assert_outcomes(passed=1)
-    assert fake.requests == []
-
-
-def test_shared_namespaces_by_marker_or_for_the_session(project: pytest.Pytester) -> None:
-    project.makepyfile(
-        test_shared="""
-        import pytest
-        from agent import ask
-
-        @pytest.mark.llmreel(namespace="shared")
-        def test_one():
-            ask("one")
-
-        @pytest.mark.llmreel(namespace="shared")
-        def test_two():
-            ask("two")
-    """
-    )
-    run(project, "--llmreel=auto", "test_shared.py").assert_outcomes(passed=2)
-    assert namespaces(project.path / "recordings") == {"shared"}
-    run(project, "--llmreel=auto", "--llmreel-namespace=all", "test_agent.py").assert_outcomes(
-        passed=3
-    )
-    assert namespaces(project.path / "recordings") == {"shared", "all"}
 
 
 def test_fail_on_unused_lists_recordings_no_test_replayed(project: pytest.Pytester) -> None:
-    project.makepyfile(
-        test_two="""
-        from agent import ask
-
-        def test_two_calls():
-            ask("first")
-            ask("second")
-    """
-    )
+    two = "from agent import ask\n\ndef test_calls():\n    ask('first')\n    ask('second')\n"
+    project.makepyfile(test_two=two)
     run(project, "--llmreel=auto", "test_two.py").assert_outcomes(passed=1)
-    project.makepyfile(
-        test_two="""
-        from agent import ask
-
-        def test_two_calls():
-            ask("first")
-    """
-    )
-    kept = run(project, "--llmreel=offline", "test_two.py")
-    kept.assert_outcomes(passed=1)
-    assert kept.ret == 0
-    kept.stdout.fnmatch_lines(["1 recording(s) in the tests' namespaces were not replayed; *"])
-    failed = run(project, "--llmreel=offline", "--llmreel-fail-on-unused", "test_two.py")
-    assert failed.ret == 1
-    failed.stdout.fnmatch_lines(["  unused * namespace=test_two.test_two_calls"])
+    project.makepyfile(test_two=two.replace("    ask('second')\n", ""))
+    result = run(project, "--llmreel=offline", "--llmreel-fail-on-unused", "test_two.py")
+    result.assert_outcomes(passed=1)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines([
+        "1 recording(s) in the tests' namespaces were not replayed",
+        "  unused * namespace=test_two.test_calls",
+    ])  # fmt: skip
 
 
 def test_xdist_workers_each_run_a_proxy_and_the_summary_adds_them_up(
@@ -235,25 +197,26 @@ def test_xdist_workers_each_run_a_proxy_and_the_summary_adds_them_up(
     assert fake.requests == [] and again.ret == 0
 
 
-def test_off_unless_enabled_and_enabled_by_the_config_file(project: pytest.Pytester) -> None:
+def test_off_unless_enabled_then_from_the_config_file_or_the_command_line(
+    project: pytest.Pytester,
+) -> None:
     project.makepyfile(
-        test_env="""
-        import os
-
-        def test_env():
-            print("PROXY", os.environ.get("HTTPS_PROXY"))
-    """
+        test_env="import os\n\ndef test_env():\n    print('PROXY', os.environ.get('HTTPS_PROXY'))\n"
     )
     off = run(project, "-s", "test_env.py")
     off.assert_outcomes(passed=1)
-    off.stdout.fnmatch_lines(["PROXY None"])
-    assert "llmreel" not in off.stdout.str()
+    off.stdout.fnmatch_lines(["*PROXY None"])
+    assert "llmreel:" not in off.stdout.str()
     config = project.path / "llmreel.toml"
-    config.write_text(config.read_text() + 'llmreel = "offline"\n')
+    config.write_text(config.read_text() + '\nllmreel = "offline"\n')
     on = run(project, "-s", "test_env.py")
     on.stdout.fnmatch_lines(
-        ["llmreel: mode offline (llmreel in *llmreel.toml)*", "PROXY http://127.0.0.1:*"]
+        ["llmreel: mode offline (llmreel in *llmreel.toml)*", "*PROXY http://127.0.0.1:*"]
     )
+    # The command line wins over the file; one namespace for the whole session.
+    whole = run(project, "--llmreel=auto", "--llmreel-namespace=all", "test_agent.py")
+    whole.assert_outcomes(passed=3)
+    assert namespaces(project.path / "recordings") == {"all"}
     wrong = run(project, "--llmreel=sometimes")
     assert wrong.ret == 4 and "invalid choice" in wrong.stderr.str()
 

@@ -186,8 +186,9 @@ class LLMCalls(Sequence[LLMCall]):
 
     @property
     def misses(self) -> int:
-        """Calls with no recording: sent upstream (and recorded), or refused offline."""
-        return sum(c.cache in ("miss", "offline_miss") for c in self.exchanges)
+        """Calls not answered from a recording: sent upstream and recorded (`miss`, and
+        `refresh` in record mode), or refused offline (`offline_miss`)."""
+        return sum(c.cache in ("miss", "refresh", "offline_miss") for c in self.exchanges)
 
     def __len__(self) -> int:
         return len(self.exchanges)

@@ -27,7 +27,7 @@ class TestCounts:
     calls: int = 0
     hits: int = 0
     recorded: int = 0
-    """Misses sent upstream and recorded."""
+    """Misses sent upstream and recorded (record mode's refreshes included)."""
     failed: int = 0
     """Misses sent upstream but not recorded (an error reply, a cut stream)."""
     refused: int = 0
@@ -47,7 +47,7 @@ class TestCounts:
             self.hits += 1
         elif ex.cache == "offline_miss":
             self.refused += 1
-        elif ex.cache == "miss":
+        elif ex.cache in ("miss", "refresh"):
             if ex.recorded:
                 self.recorded += 1
             else:
@@ -79,6 +79,8 @@ class Tally:
         counts = self.tests.setdefault(nodeid, TestCounts())
         for ex in exchanges:
             counts.add(ex)
+            if ex.recorded:
+                self.recorded_now.add((ex.namespace, ex.key))
         self.namespaces.add(namespace)
         return counts
 
