@@ -92,10 +92,12 @@ class LLMReelPlugin:
                 os.environ["LLMREEL_RUN_ID"] = self._saved_run_id
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        where = "one proxy per worker" if self.is_controller else (
-            f"proxy {self.proxy.running.proxy_url}"
-            if self.proxy is not None and self.proxy.running is not None else "")  # fmt: skip
-        return [f"llmreel: mode {self.mode} ({self.source}), store {self.settings.store}, {where}"]
+        where = ""
+        if self.is_controller:
+            where = ", one proxy per xdist worker"
+        elif self.proxy is not None and self.proxy.running is not None:
+            where = f", proxy {self.proxy.running.proxy_url}"
+        return [f"llmreel: mode {self.mode} ({self.source}), store {self.settings.store}{where}"]
 
     # --- one test -----------------------------------------------------------------------------
 
