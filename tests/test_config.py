@@ -107,6 +107,7 @@ def test_default_map_shares_keys_and_tables_override(project: Path) -> None:
         ({"moed": "offline"}, "unknown setting 'moed'.*Valid settings here: .*mode"),
         ({"run": {"allow": ["x"]}}, r"unknown setting 'allow' in \[run\]"),
         ({"nope": {"mode": "x"}}, r"\[nope\] is not a command's table.*\[run\]"),
+        ({"run": {"llmreel": "offline"}}, r"unknown setting 'llmreel' in \[run\]"),
     ],
 )
 def test_unknown_keys_name_the_file_and_the_valid_ones(
@@ -115,6 +116,11 @@ def test_unknown_keys_name_the_file_and_the_valid_ones(
     with pytest.raises(ConfigError, match=message) as info:
         build_default_map(config, root, project / "llmreel.toml")
     assert str(project / "llmreel.toml") in info.value.message
+
+
+def test_the_pytest_plugins_mode_is_a_top_level_key_commands_ignore(project: Path) -> None:
+    settings = build_default_map({"llmreel": "offline"}, root, project / "llmreel.toml")
+    assert "llmreel" not in settings.default_map.get("run", {})
 
 
 def test_precedence_cli_over_env_over_file_over_default(project: Path) -> None:

@@ -32,6 +32,7 @@ import click
 __all__ = [
     "CONFIG_ENV",
     "CONFIG_FILE",
+    "PLUGIN_MODE_SETTING",
     "ConfigError",
     "Settings",
     "apply_config",
@@ -47,6 +48,9 @@ CONFIG_ENV = "LLMREEL_CONFIG"
 # Options whose relative values name files or directories: relative to the config file, so
 # that `llmreel run` from a subdirectory still finds the project's recordings.
 _PATH_OPTIONS = frozenset({"store", "prices", "confdir"})
+#: A top-level key read by the pytest plugin only (`llmreel = "offline"` turns it on); commands
+#: ignore it.
+PLUGIN_MODE_SETTING = "llmreel"
 
 
 class ConfigError(click.ClickException):
@@ -169,16 +173,18 @@ def _tree_options(command: click.Command) -> dict[str, click.Option]:
     return names
 
 
-def _validate(table: dict[str, Any], command: click.Command, source: Path, where: str) -> None:
+def _validate(
+    table: dict[str, Any], command: click.Command, source: Path, where: str, *, top: bool = True
+) -> None:
     subs = _subcommands(command)
     known = _tree_options(command)
     for key, value in table.items():
         if isinstance(value, dict):
             if key in subs:
-                _validate(value, subs[key], source, f"{where}.{key}" if where else key)
+                _validate(value, subs[key], source, f"{where}.{key}" if where else key, top=False)
                 continue
             problem = f"[{where + '.' if where else ''}{key}] is not a command's table"
-        elif key.replace("-", "_") in known:
+        elif key.replace("-", "_") in known or (top and key == PLUGIN_MODE_SETTING):
             continue
         else:
             problem = f"unknown setting {key!r}" + (f" in [{where}]" if where else "")
