@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +24,9 @@ from tests.fakeupstream import FakeUpstream
 from tests.test_e2e import openai_client
 
 CHROMIUM = "/usr/bin/chromium"
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "ui"
+# `LLMREEL_SCREENSHOTS=docs/ui uv run pytest tests/test_ui_browser.py` refreshes the pictures in
+# docs/ui.md; other runs keep theirs in a temporary folder, so a test run leaves the tree clean.
+DOCS = Path(os.environ.get("LLMREEL_SCREENSHOTS") or tempfile.mkdtemp(prefix="llmreel-shots-"))
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM), reason="needs Debian's chromium (.ci/run installs it)"
 )
