@@ -184,6 +184,23 @@ def test_fail_on_unused_lists_recordings_no_test_replayed(project: pytest.Pytest
     ])  # fmt: skip
 
 
+def test_a_budget_refuses_calls_and_fails_the_test_that_made_them(
+    project: pytest.Pytester, fake: FakeUpstream
+) -> None:
+    loop = (
+        "from agent import ask\n\ndef test_loop():\n    for n in range(3):  # a runaway loop\n"
+        "        try:\n            ask(f'step {n}')\n        except Exception:\n            pass\n"
+    )
+    project.makepyfile(test_loop=loop)
+    result = run(project, "--llmreel=auto", "--llmreel-budget-usd", "0.0000001", "test_loop.py")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*2 LLM call(s) of this test were refused: the session's budget ($0.0000001*",
+        "budget $0.0000001 (--llmreel-budget-usd)*",
+    ])  # fmt: skip
+    assert len(fake.requests) == 1  # the first call spent past the budget; the rest never left
+
+
 def test_xdist_workers_each_run_a_proxy_and_the_summary_adds_them_up(
     project: pytest.Pytester, fake: FakeUpstream
 ) -> None:

@@ -52,6 +52,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="One namespace for every test's calls, instead of one per test.",
     )  # fmt: skip
     group.addoption(
+        "--llmreel-budget-usd", dest="llmreel_budget_usd", default=None, metavar="USD",
+        help="Refuse upstream calls once the session spent this many dollars (cache hits keep "
+        "working); a refused call fails its test. Default: budget-usd in llmreel.toml, if any.",
+    )  # fmt: skip
+    group.addoption(
         "--llmreel-fail-on-unused", dest="llmreel_fail_on_unused", action="store_true",
         help="Fail the session if recordings in the namespaces of the tests that ran were not "
         "replayed, and list them.",

@@ -56,12 +56,14 @@ class LLMReelPlugin:
         self.is_controller = not self.is_worker and bool(getattr(config.option, "numprocesses", 0))
         self.session_namespace: str | None = config.getoption("llmreel_namespace")
         store = config.getoption("llmreel_store")
+        budget = config.getoption("llmreel_budget_usd")
         self.settings = proxy_settings(
             config.rootpath,
             mode=mode,
             # One run id for every worker of the session (they inherit the environment).
             run_id=os.environ.get("LLMREEL_RUN_ID") or new_id(),
             **({"store": str(Path(store).resolve())} if store else {}),
+            **({"budget_usd": budget} if budget else {}),
         )
         self._saved_run_id: str | None = None
 
@@ -144,11 +146,17 @@ class LLMReelPlugin:
         if self.proxy is None or current is None or current.nodeid != item.nodeid:
             return report
         exchanges = self.proxy.exchanges()
-        misses = [ex for ex in exchanges[current.checked :] if ex.cache == "offline_miss"]
+        new = exchanges[current.checked :]
         current.checked = len(exchanges)
-        if not misses:
+        misses = [ex for ex in new if ex.cache == "offline_miss"]
+        refused = sum(ex.cache == "budget_refused" for ex in new)
+        if not misses and not refused:
             return report
-        text = self._miss_text(item, misses)
+        text = "\n\n".join(
+            ([self._miss_text(item, misses)] if misses else [])
+            + ([f"llmreel: {refused} LLM call(s) of this test were refused: the session's budget "
+                f"(${self.settings.budget_usd}, --llmreel-budget-usd) is spent."] if refused else [])
+        )  # fmt: skip
         # The application may have caught the error and carried on: the test fails anyway,
         # because what it checked was not what was recorded.
         addsection = getattr(report.longrepr, "addsection", None)
@@ -225,6 +233,9 @@ class LLMReelPlugin:
         tr.write_sep("=", f"llmreel ({self.mode}, store {self.settings.store})")
         for line in self.tally.render():
             tr.write_line(line)
+        if self.settings.budget_usd:
+            tr.write_line(f"budget ${self.settings.budget_usd} (--llmreel-budget-usd): calls past "
+                          "it were refused with a 402 and show as errors in their tests")  # fmt: skip
         if not self.unused:
             return
         listed = (
