@@ -102,6 +102,9 @@ def test_child(llmreel):
                          capture_output=True, text=True, check=True)
     assert "from a child" in out.stdout
     assert [c.namespace for c in llmreel] == ["test_child.test_child"]
+    import json, os, urllib.request  # the control API, for agents written in other languages
+    about = json.loads(urllib.request.urlopen(os.environ["LLMREEL_CONTROL_URL"]).read())
+    assert about["service"] == "llmreel control"
 """
 
 SHARED = """

@@ -323,9 +323,13 @@ class Engine:
         return self.pacer is not None and rec.is_stream
 
     def allows_connection(self, host: str, port: int) -> bool:
-        """Whether an upstream connection may be opened: never in offline mode, except to the
-        pacer on loopback."""
-        return not self.offline or (self.pacer is not None and self.pacer.owns(host, port))
+        """Whether an upstream connection may be opened: never in offline mode, except to
+        llmreel's own servers on loopback (the pacer; the control API, which clients reach
+        through the proxy when HTTP_PROXY is set)."""
+        if not self.offline:
+            return True
+        own = host == "127.0.0.1" and port in (self.control.port, self.pacer and self.pacer.port)
+        return bool(own and port)
 
     def refusal(self, address: str) -> str:
         """Why an upstream connection is refused in offline mode."""

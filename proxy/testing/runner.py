@@ -64,6 +64,7 @@ class LLMReelPlugin:
             run_id=os.environ.get("LLMREEL_RUN_ID") or new_id(),
             **({"store": str(Path(store).resolve())} if store else {}),
             **({"budget_usd": budget} if budget else {}),
+            control_port=0,  # the control API, on a free port: LLMREEL_CONTROL_URL
         )
         self._saved_run_id: str | None = None
 

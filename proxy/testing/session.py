@@ -101,6 +101,8 @@ class TestProxy:
         )
         self.environment = client_env(self.running.proxy_url, bundle, base_urls)
         self.environment["LLMREEL_RUN_ID"] = self.settings.run_id
+        if self.running.control_url:  # for agents in other languages the tests start
+            self.environment["LLMREEL_CONTROL_URL"] = self.running.control_url
         for name, value in self.environment.items():
             self._saved_env[name] = os.environ.get(name)
             os.environ[name] = value
