@@ -205,6 +205,12 @@ def test_env_prints_exports_for_a_running_proxy(confdir: Path) -> None:
     assert exports["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:8082"
     shell = subprocess.run(["bash", "-c", result.stdout + 'echo "$HTTPS_PROXY"'], capture_output=True, text=True)
     assert shell.stdout.strip() == "http://127.0.0.1:9999"
+    # A host the proxy was told about with --provider-host gets its provider's variable too.
+    custom = subprocess.run(
+        [LLMREEL, "env", "--port", "9999", "--confdir", str(confdir), "--reverse", "https://llm.internal@8083",
+         "--provider-host", "llm.internal=openai"], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "export OPENAI_BASE_URL=http://127.0.0.1:8083/v1" in custom.stdout, custom.stderr
 
 
 def test_ca_creates_a_private_ca_and_explains_trust(tmp_path: Path) -> None:

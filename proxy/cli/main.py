@@ -326,10 +326,12 @@ def _reverse_listeners(running: Running) -> list[Any]:
 )
 @click.option("--reverse", multiple=True, callback=_reverse, metavar="URL@PORT",
               help="Reverse listeners of the running proxy, for SDK base-URL variables.")  # fmt: skip
+@click.option("--provider-host", "hosts", multiple=True, metavar="HOST=PROVIDER",
+              help="Treat HOST as PROVIDER, as the proxy does, to pick its base-URL variable.")  # fmt: skip
 @click.option(
     "--confdir", default=DEFAULT_CONFDIR, show_default=True, help="Where the mitmproxy CA lives."
 )
-def env(host: str, port: int, reverse: list[Reverse], confdir: str) -> None:
+def env(host: str, port: int, reverse: list[Reverse], hosts: tuple[str, ...], confdir: str) -> None:
     """Print `export` lines that point a shell at a running proxy.
 
     \b
@@ -337,9 +339,13 @@ def env(host: str, port: int, reverse: list[Reverse], confdir: str) -> None:
     """
     from llmreel.cli.clientenv import base_url_env, client_env, export_lines, write_bundle
 
+    try:
+        host_map = DEFAULT_HOSTS.merged(parse_host_mappings(hosts))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--provider-host") from exc
     bundle = write_bundle(confdir)
     hostport = f"[{host}]" if ":" in host else host
-    base_urls, advice = base_url_env([(r, f"http://{hostport}:{r.port}") for r in reverse])
+    base_urls, advice = base_url_env([(r, f"http://{hostport}:{r.port}") for r in reverse], host_map)
     for line in advice:
         click.echo(line, err=True)  # stderr: stdout is for `eval`
     click.echo(export_lines(client_env(f"http://{hostport}:{port}", bundle, base_urls)), nl=False)
