@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from llmreel.core.exchange import Exchange
+from llmreel.engine.loopback import TooLarge, read_request, status_line
 from llmreel.storage.lmdbstore import validate_namespace
 
 log = logging.getLogger("llmreel")
@@ -125,15 +126,13 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                method, target, headers = _parse_head(head)
-                length = int(headers.get("content-length", "0") or 0)
-                if length > _MAX_BODY:
-                    _write(writer, 413, {"error": "request body too large"}, close=True)
+                try:
+                    request = await read_request(reader, _MAX_BODY)
+                except TooLarge as exc:
+                    _write(writer, 413, {"error": str(exc)}, close=True)
                     break
-                body = await reader.readexactly(length) if length else b""
-                status, payload = self.handle(method, target, body)
-                close = headers.get("connection", "").lower() == "close"
+                status, payload = self.handle(request.method, request.target, request.body)
+                close = request.headers.get("connection", "").lower() == "close"
                 _write(writer, status, payload, close=close)
                 await writer.drain()
                 if close:
@@ -191,23 +190,10 @@ def _namespace(value: str | None) -> str | None:
     return validate_namespace(value) if value else None
 
 
-def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    method, target, _ = lines[0].split(" ", 2)
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return method.upper(), target, headers
-
-
 def _write(writer: asyncio.StreamWriter, status: int, payload: Any, *, close: bool) -> None:
     body = orjson.dumps(payload) + b"\n"
-    from http import HTTPStatus
-
     writer.write(
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+        f"{status_line(status)}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\n{'connection: close' + chr(13) + chr(10) if close else ''}\r\n".encode()
         + body
     )

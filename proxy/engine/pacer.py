@@ -16,6 +16,7 @@ import time
 
 from llmreel.core.pacing import schedule
 from llmreel.core.wire import CACHE_HEADER, KEY_HEADER
+from llmreel.engine.loopback import read_request, status_line
 from llmreel.storage.records import Recording
 
 log = logging.getLogger("llmreel")
@@ -24,6 +25,8 @@ PATH_PREFIX = "/llmreel-replay/"
 #: A replay handed out but never fetched (the client went away) is forgotten after this long.
 CLAIM_TTL_S = 60.0
 MAX_PENDING = 10_000
+#: The replayed request's body (mitmproxy resends the client's) is read and dropped.
+_MAX_BODY = 64 << 20
 
 
 class Pacer:
@@ -55,24 +58,20 @@ class Pacer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            target = head.split(b" ", 2)[1].decode("latin-1")
-            length = _content_length(head)
-            if length:
-                await reader.readexactly(length)
-            claim = self._pending.pop(target.removeprefix(PATH_PREFIX), None)
+            request = await read_request(reader, _MAX_BODY)
+            claim = self._pending.pop(request.target.removeprefix(PATH_PREFIX), None)
             if claim is None:
                 writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                 return
             await self._replay(writer, *claim[:2])
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass  # the client (mitmproxy) went away: nothing to replay to
         finally:
             with contextlib.suppress(ConnectionError):
                 writer.close()
 
     async def _replay(self, writer: asyncio.StreamWriter, rec: Recording, key: str) -> None:
-        lines = [f"HTTP/1.1 {rec.status} {_reason(rec.status)}"]
+        lines = [status_line(rec.status)]
         lines += [f"{name}: {value}" for name, value in rec.headers]
         lines += [f"{CACHE_HEADER}: hit", f"{KEY_HEADER}: {key}", "transfer-encoding: chunked",
                   "connection: close"]  # fmt: skip
@@ -93,20 +92,3 @@ class Pacer:
         if self._server is not None:
             self._server.close()
             self._server = None
-
-
-def _content_length(head: bytes) -> int:
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value.strip() or 0)
-    return 0
-
-
-def _reason(status: int) -> str:
-    from http import HTTPStatus
-
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Status"
