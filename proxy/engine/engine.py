@@ -38,7 +38,7 @@ from llmreel.core.lookup import Found, lookup
 from llmreel.core.modes import CONTROLS, MODES, plan
 from llmreel.core.pacing import parse_pace
 from llmreel.core.redact import credential_of, credential_scope, mask_headers
-from llmreel.core.singleflight import SingleFlight
+from llmreel.core.singleflight import RemoteFlights, SingleFlight, flight_key
 from llmreel.core.timeparse import parse_duration
 from llmreel.core.wire import (
     CONTEXT_HEADER,
@@ -72,6 +72,7 @@ from llmreel.providers import (
     wants_stream,
 )
 from llmreel.providers.hosts import parse_host_mappings
+from llmreel.storage.leases import FileFlights, lease_dir
 from llmreel.storage.lmdbstore import LmdbStore, Store, StoreError, validate_namespace
 from llmreel.storage.records import Recording
 from llmreel.storage.stores import open_store
@@ -80,6 +81,8 @@ from llmreel.storage.usedtimes import UsedTimes
 log = logging.getLogger("llmreel")
 
 SINGLE_FLIGHT_WAIT_S = 600.0
+#: How often a follower of another process's flight looks for its recording.
+REMOTE_POLL_S = 0.02
 #: Distinct requests whose occurrences sequence mode counts; past it the oldest counts restart.
 SEQUENCE_CAP = 200_000
 #: Distinct keys whose staleness (`--max-age`) is warned about once.
@@ -140,6 +143,9 @@ class Engine:
         self.accountant = Accountant(self.metrics, self.report)
         self.accountant.sinks.append(self._remember)
         self.flights = SingleFlight(SINGLE_FLIGHT_WAIT_S)
+        self._file_flights: FileFlights | None = None
+        self.extra_flights: list[RemoteFlights] = []
+        """Single-flight tiers beyond the machine (a shared Redis), asked after the lock files."""
         self.key_config = KeyConfig()
         self.hosts: HostMap = DEFAULT_HOSTS
         self.mode = "auto"
@@ -275,6 +281,7 @@ class Engine:
         except StoreError as exc:
             raise ConfigError(str(exc)) from exc
         self._used = UsedTimes(self.store, wall=self._wall)
+        self._file_flights = FileFlights(lease_dir(path))
 
     def _close_store(self) -> None:
         if self.store is None:
@@ -285,6 +292,7 @@ class Engine:
         self.store.close()
         self.store = None
         self._used = None
+        self._file_flights = None
 
     def _store_stats(self) -> Any:
         store = self.store
@@ -418,7 +426,11 @@ class Engine:
                 if state.plan.record:
                     state.lease = self.flights.lead(state.flight)
                     if state.lease is not None:
-                        break
+                        rec = await self._lead_remote(state)
+                        if rec is None:
+                            break
+                        state.release(True)  # local followers look again and find it
+                        return self._hit(state, rec)
                 # Single flight: an identical request is already on its way upstream. Wait for
                 # it, then serve its recording instead of paying for the same call twice. If it
                 # recorded nothing (an error), look again: one waiter becomes the next leader.
@@ -439,6 +451,42 @@ class Engine:
             raise
         state.outcome = state.plan.outcome
         state.forwarded_at = self._clock()
+        return None
+
+    @property
+    def remote_flights(self) -> list[RemoteFlights]:
+        """The single-flight tiers beyond this process, in the order they are asked: the
+        machine's lock files, then any shared tier in `extra_flights` (Redis)."""
+        tiers: list[RemoteFlights] = [self._file_flights] if self._file_flights else []
+        return tiers + self.extra_flights
+
+    async def _lead_remote(self, state: FlowState) -> Recording | None:
+        """Lead this flight in every tier beyond the process, or wait for whoever leads it.
+
+        A follower polls the lookup (which sees other processes' commits) until the recording
+        appears, and stops waiting when the lease is freed (its leader recorded nothing or
+        died: it then tries to lead) or after the single flight's deadline (it then goes
+        upstream without the lease). Returns the recording the other leader made, if any.
+        """
+        tiers = self.remote_flights
+        if not tiers:
+            return None
+        key = flight_key(*state.flight)
+        deadline = self._clock() + self.flights.wait_s
+        for tier in tiers:
+            while (lease := await tier.lead(key)) is None:
+                while self._clock() < deadline and await tier.held(key):
+                    await asyncio.sleep(REMOTE_POLL_S)
+                    if (rec := await self._lookup(state)) is not None:
+                        state.release_remote()
+                        return rec
+                if (rec := await self._lookup(state)) is not None:
+                    state.release_remote()
+                    return rec
+                if self._clock() >= deadline:
+                    break
+            if lease is not None:
+                state.remote.append(lease)
         return None
 
     def _over_budget(self, state: FlowState) -> ErrorReply:
