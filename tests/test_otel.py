@@ -9,7 +9,7 @@ import hashlib
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -24,7 +24,8 @@ from llmreel.metering.metrics import Metrics
 from llmreel.metering.otel import OtlpSink
 from llmreel.metering.otlpconfig import traces_endpoint
 from llmreel.providers import Endpoint, ResponseSummary, Usage
-from tests.conftest import wait_until
+from tests.conftest import ProxyThread, http_client, wait_until
+from tests.fakeupstream import FakeUpstream
 
 CHAT = Endpoint("openai", "openai.chat", "chat", "openai")
 KEY = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0" * 2
@@ -335,3 +336,23 @@ def test_a_refused_connection_counts_as_failed(registry: CollectorRegistry) -> N
 def test_summary_of_keeps_the_engines_summary() -> None:
     summary = ResponseSummary("m", None, "", (), "length", True, None)
     assert spans.summary_of(exchange(summary=summary)) is summary
+
+
+def test_through_a_real_proxy_a_hung_receiver_costs_spans_not_requests(
+    make_proxy: Callable[..., ProxyThread], fake: FakeUpstream, bundle: str,
+    blackhole: Blackhole, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv(
+        "OTEL_BSP_MAX_QUEUE_SIZE", "2"
+    )  # the SDK's variable, which llmreel reads too
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "60")  # the export hangs all test long
+    proxy = make_proxy(otlp_endpoint=f"http://127.0.0.1:{blackhole.port}")
+    with http_client(proxy, bundle) as web:
+        for i in range(12):
+            reply = web.post(f"{fake.url}/v1/chat/completions", json={
+                "model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}]})  # fmt: skip
+            assert reply.status_code == 200
+    registry = proxy.recorder.registry
+    assert counted(registry, "dropped") == 12 - 2  # 2 wait in the hung export; no room for more
+    assert counted(registry, "exported") == 0
+    proxy.stop()  # gives up on the hung export after a bounded wait
