@@ -10,10 +10,12 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
@@ -107,6 +109,7 @@ def test_an_exchange_becomes_one_client_span_with_the_genai_attributes(
         "llmreel.api": "openai.chat",
         "llmreel.exchange_id": "01J0000000000000000000000",
         "llmreel.recorded": False,
+        "openinference.span.kind": "LLM",
     }
     assert span.resource.attributes["service.name"] == "llmreel"
     assert counted(registry, "exported") == 1
@@ -181,9 +184,10 @@ def test_a_run_is_one_trace_under_one_root_span_sent_at_close(registry: Collecto
     assert root.parent is None and root.context.span_id == run1.span_id
     assert root.kind is SpanKind.INTERNAL
     assert (root.start_time, root.end_time) == (100_000_000_000, 104_000_000_000)
-    assert root.attributes == {"llmreel.run": "run-1", "llmreel.exchanges": 2}
+    assert root.attributes == {"llmreel.run": "run-1", "llmreel.exchanges": 2,
+                               "openinference.span.kind": "CHAIN"}  # fmt: skip
     assert roots[thread.trace_id].attributes == {
-        "llmreel.session": "thread-a", "llmreel.exchanges": 1,
+        "llmreel.session": "thread-a", "llmreel.exchanges": 1, "openinference.span.kind": "CHAIN",
         "gen_ai.conversation.id": "thread-a", "session.id": "thread-a"}  # fmt: skip
     assert len(roots) == 3
 
@@ -356,3 +360,53 @@ def test_through_a_real_proxy_a_hung_receiver_costs_spans_not_requests(
     assert counted(registry, "dropped") == 12 - 2  # 2 wait in the hung export; no room for more
     assert counted(registry, "exported") == 0
     proxy.stop()  # gives up on the hung export after a bounded wait
+
+
+class Receiver:
+    """A minimal OTLP/HTTP receiver: keeps each request's headers and decoded spans."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], ExportTraceServiceRequest]] = []
+        received = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["content-length"]))
+                received.append(
+                    (
+                        {k.lower(): v for k, v in self.headers.items()},
+                        ExportTraceServiceRequest.FromString(body),
+                    )
+                )
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_the_sdks_standard_variables_set_the_endpoint_and_headers(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver = Receiver()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Basic%20cGs6c2s=")
+    endpoint = traces_endpoint("")
+    assert endpoint == receiver.url + "/v1/traces"
+    sink = OtlpSink(endpoint, Metrics(registry))
+    sink.append(exchange(run="r"))
+    sink.close()
+    try:
+        assert [h["authorization"] for h, _ in receiver.requests] == ["Basic cGs6c2s="]
+        names = [s.name for r in receiver.requests[0][1].resource_spans for ss in r.scope_spans
+                 for s in ss.spans]  # fmt: skip
+        assert sorted(names) == ["chat gpt-4o-mini", "llmreel run"]
+        assert counted(registry, "exported") == 2
+    finally:
+        receiver.server.shutdown()

@@ -180,6 +180,7 @@ def test_spans_reach_phoenix_with_their_attributes_grouped_by_thread_and_run(
     assert {s["parent_id"] for s in in_run} == {run_root["context"]["span_id"]}
     assert session_root["parent_id"] is None and run_root["parent_id"] is None
     assert attr(run_root, "llmreel.exchanges") == 3
+    assert run_root["span_kind"] == "CHAIN"
 
     for span in calls:
         assert attr(span, "gen_ai.operation.name") == "chat"
@@ -189,6 +190,7 @@ def test_spans_reach_phoenix_with_their_attributes_grouped_by_thread_and_run(
         assert attr(span, "server.address") == "127.0.0.1"
         assert attr(span, "llmreel.namespace") == "default"
         assert attr(span, "llmreel.run") == run_id
+        assert span["span_kind"] == "LLM"  # Phoenix shows them as LLM calls
     ok = [s for s in calls if attr(s, "http.response.status_code") == 200]
     assert sorted(attr(s, "llmreel.cache") for s in ok) == ["hit", "miss", "miss", "miss"]
     for span in ok:

@@ -105,6 +105,8 @@ def attributes(ex: Exchange, summary: ResponseSummary | None) -> Attributes:
         "llmreel.exchange_id": ex.id,
         "llmreel.recorded": ex.recorded,
         "http.request.method": ex.method,
+        # Phoenix (OpenInference) files spans by this; other receivers ignore it.
+        "openinference.span.kind": "EMBEDDING" if ep.operation == "embeddings" else "LLM",
     }
     if ex.model:
         attrs["gen_ai.request.model"] = ex.model
@@ -154,7 +156,11 @@ def error_description(ex: Exchange) -> str:
 
 def group_attributes(group: Group, exchanges: int) -> Attributes:
     """Attributes of a group's root span."""
-    attrs: Attributes = {f"llmreel.{group.kind}": group.id, "llmreel.exchanges": exchanges}
+    attrs: Attributes = {
+        f"llmreel.{group.kind}": group.id,
+        "llmreel.exchanges": exchanges,
+        "openinference.span.kind": "CHAIN",
+    }
     if group.kind == "session":
         attrs["gen_ai.conversation.id"] = group.id
         attrs["session.id"] = group.id
