@@ -410,3 +410,24 @@ def test_the_sdks_standard_variables_set_the_endpoint_and_headers(
         assert counted(registry, "exported") == 2
     finally:
         receiver.server.shutdown()
+
+
+def test_the_engine_exports_only_when_an_endpoint_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmreel.engine import Engine
+    from llmreel.engine.options import DEFAULTS, ConfigError
+
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    engine = Engine()
+    engine.configure(DEFAULTS, {"llmreel_otlp_endpoint", "llmreel_otlp_content"})
+    assert engine.otlp is None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9/v1/traces")
+    engine.configure(DEFAULTS, {"llmreel_otlp_endpoint"})
+    assert engine.otlp is not None and engine.otlp.endpoint == "http://127.0.0.1:9/v1/traces"
+    assert engine.otlp.append in engine.sinks
+    with pytest.raises(ConfigError, match="llmreel_otlp_endpoint"):
+        engine.configure(
+            {**DEFAULTS, "llmreel_otlp_endpoint": "127.0.0.1:4318"}, {"llmreel_otlp_endpoint"}
+        )
+    engine.close()
+    assert engine.otlp is None
