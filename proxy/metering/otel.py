@@ -277,7 +277,7 @@ class OtlpSink:
     # --- shutdown -----------------------------------------------------------------------------
 
     def flush(self, timeout_s: float = CLOSE_TIMEOUT_S) -> bool:
-        """Wait until every exchange appended so far was exported or failed (tests, shutdown)."""
+        """Wait until every exchange appended so far was exported or failed (for tests)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._processor.force_flush()
