@@ -58,6 +58,8 @@ class ProxySettings:
     replay_pace: str = "fast"
     control_port: int = -1
     """The control API's port on 127.0.0.1 (0: a free one; -1: off)."""
+    otlp_endpoint: str = ""
+    otlp_content: bool = False
     proxy_auth: str | None = None
     sets: Sequence[str] = ()
     """Raw mitmproxy `NAME=VALUE` options, applied last."""
@@ -153,6 +155,8 @@ class ProxyServer:
                 llmreel_budget_usd=s.budget_usd,
                 llmreel_replay_pace=s.replay_pace,
                 llmreel_control_port=s.control_port,
+                llmreel_otlp_endpoint=s.otlp_endpoint,
+                llmreel_otlp_content=s.otlp_content,
             )
             if s.proxy_auth:
                 master.options.update(proxyauth=s.proxy_auth)
