@@ -18,6 +18,7 @@ import click
 from llmreel.cli.cache import cache
 from llmreel.cli.config import apply_config, config_command
 from llmreel.cli.log import log as log_group
+from llmreel.cli.probe import probe_command
 from llmreel.cli.reverse import Reverse
 from llmreel.cli.server import (
     DEFAULT_CONFDIR,
@@ -383,6 +384,7 @@ main.add_command(log_group)
 main.add_command(config_command)
 main.add_command(verify)
 main.add_command(ui_command)
+main.add_command(probe_command)
 
 
 @main.command("addon-path")
