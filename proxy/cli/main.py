@@ -194,7 +194,7 @@ def serve(control: bool, control_port: int, **kw: Any) -> None:
 async def _serve(settings: ProxySettings, ui: tuple[bool, int] = (False, 0)) -> None:
     server = ProxyServer(settings)
     running = await _start(server)
-    ui_process = await asyncio.to_thread(start_beside, settings.store, *ui)
+    ui_process = await asyncio.to_thread(start_beside, settings.store, *ui, **_lab(settings, running))
     click.echo(running.summary() + (f" | ui {ui_process.url}" if ui_process else ""))
     sys.stdout.flush()
     loop = asyncio.get_running_loop()
@@ -282,7 +282,7 @@ async def _run(
     if running.control_url:
         env["LLMREEL_CONTROL_URL"] = running.control_url
     log.info("run id %s", settings.run_id)
-    ui_process = await asyncio.to_thread(start_beside, settings.store, *ui)
+    ui_process = await asyncio.to_thread(start_beside, settings.store, *ui, **_lab(settings, running))
     if ui_process is not None:
         click.echo(f"llmreel ui: {ui_process.url}threads?run={settings.run_id}", err=True)
     loop = asyncio.get_running_loop()
@@ -299,6 +299,17 @@ async def _run(
             await asyncio.to_thread(ui_process.stop)
     # A child killed by a signal reports -N; shells report 128+N.
     return (code if code >= 0 else 128 - code), report
+
+
+def _lab(settings: ProxySettings, running: Running) -> dict[str, Any]:
+    """The UI's playground goes through this proxy (with its proxy auth), offline if it is."""
+    url = running.proxy_url
+    if settings.proxy_auth:
+        from urllib.parse import quote
+
+        user, _, password = settings.proxy_auth.partition(":")
+        url = url.replace("://", f"://{quote(user, safe='')}:{quote(password, safe='')}@", 1)
+    return {"proxy": url, "offline": settings.mode == "offline", "confdir": settings.confdir}
 
 
 def _find_unused(store: Any, report: RunReport) -> None:
