@@ -1497,7 +1497,7 @@ class _Handler(BaseHTTPRequestHandler):
         if reply is None:
             get = self.headers.get
             if self.server.upstream.vary:
-                variant = str(self.server.upstream._next_variant())
+                variant = str(self.server.upstream._next_variant() % self.server.upstream.vary)
                 get = functools.partial(_with_variant, get, variant)
             reply = build_reply(self.command, split.path, split.query, get, body)
             rewrite = self.server.upstream.rewrite
@@ -1730,9 +1730,9 @@ class FakeUpstream:
         self._cert_path: str | None = None
         #: A test hook: changes every reply on purpose (a provider that changed its answers).
         self.rewrite: Callable[[Reply], Reply] | None = None
-        #: Answer each call in other words (as `x-fake-vary: <call number>`): a model that is
-        #: not deterministic. Off by default: the same request gets the same answer.
-        self.vary = False
+        #: Answer calls in `vary` different ways, in turn (as `x-fake-vary: <call number>`): a
+        #: model that is not deterministic. 0, the default: the same request, the same answer.
+        self.vary = 0
         self._variants = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -1825,7 +1825,7 @@ class FakeUpstream:
             self._billed.clear()
             self._connections = 0
             self._variants = 0
-            self.vary = False
+            self.vary = 0
 
     # -- called by the server threads --------------------------------------------------------
 

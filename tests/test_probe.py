@@ -245,7 +245,7 @@ def test_a_deterministic_upstream_is_stable(
 def test_a_varying_upstream_is_unstable_and_the_json_says_why(
     logged: dict[str, str], fake: FakeUpstream, confdir: Path
 ) -> None:
-    fake.vary = True
+    fake.vary = 5
     done = llmreel("probe", logged["chat"], "--n", "5", "--json", "--perturb", "whitespace,case",
                    "--seed", "3", "--store", logged["store"], "--proxy", logged["proxy"],
                    "--confdir", str(confdir))  # fmt: skip
