@@ -194,7 +194,8 @@ def serve(control: bool, control_port: int, **kw: Any) -> None:
 async def _serve(settings: ProxySettings, ui: tuple[bool, int] = (False, 0)) -> None:
     server = ProxyServer(settings)
     running = await _start(server)
-    ui_process = await asyncio.to_thread(start_beside, settings.store, *ui, **_lab(settings, running))
+    lab = _lab(settings, running)
+    ui_process = await asyncio.to_thread(start_beside, settings.store, *ui, **lab)
     click.echo(running.summary() + (f" | ui {ui_process.url}" if ui_process else ""))
     sys.stdout.flush()
     loop = asyncio.get_running_loop()
@@ -282,7 +283,8 @@ async def _run(
     if running.control_url:
         env["LLMREEL_CONTROL_URL"] = running.control_url
     log.info("run id %s", settings.run_id)
-    ui_process = await asyncio.to_thread(start_beside, settings.store, *ui, **_lab(settings, running))
+    lab = _lab(settings, running)
+    ui_process = await asyncio.to_thread(start_beside, settings.store, *ui, **lab)
     if ui_process is not None:
         click.echo(f"llmreel ui: {ui_process.url}threads?run={settings.run_id}", err=True)
     loop = asyncio.get_running_loop()
