@@ -183,3 +183,31 @@ def test_a_typed_key_is_written_nowhere(
     for path in tmp_path.rglob("*"):
         if path.is_file() and "confdir" not in path.parts:
             assert TYPED.encode() not in path.read_bytes(), path
+
+
+def test_serve_mode_offline_ui_says_the_playground_cannot_call_upstream(
+    exchange: dict[str, Any], fake: FakeUpstream, confdir: Path
+) -> None:
+    """`serve --mode offline --ui`: the UI's playground goes through that proxy, and is offline."""
+    command = [sys.executable, "-c", "from llmreel.cli.main import main; main()", "serve", "--mode",
+               "offline", "--port", "0", "--metrics-port", "0", "--ui", "--ui-port", "0", "--store",
+               str(exchange["store"]), "--confdir", str(confdir), "-q"]  # fmt: skip
+    serve = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert serve.stdout is not None
+        line = serve.stdout.readline()
+        url = re.search(r"\| ui (http://\S+)", line)
+        assert url is not None, line
+        process = UiProcess(store=str(exchange["store"]))
+        process.url = url.group(1)
+        ui = Ui(process)
+        assert (
+            ui.http.get("/api/playground", params={"from": exchange["id"]}).json()["offline"]
+            is True
+        )
+        reply = ui.post("/api/playground/run", {"from": exchange["id"], "key": TYPED})
+        assert reply.status_code == 409 and reply.json()["reason"] == "offline"
+        assert fake.requests == []
+    finally:
+        serve.terminate()
+        serve.wait(30)
