@@ -332,3 +332,44 @@ def test_it_starts_its_own_proxy_when_none_is_given(tmp_path: Path, confdir: Pat
         assert json.loads(done.stdout)["distinct"] == 1 and len(plain.requests) == 3
         namespaces = {e["namespace"] for e in logged_ids(store)}
         assert namespaces == {"default", "probe"}
+
+
+def test_an_environment_key_goes_only_to_the_provider_or_the_original_host() -> None:
+    from llmreel.lab.draft import CannotAsk, Draft, credential
+
+    env = {"OPENAI_API_KEY": "sk-env", "ANTHROPIC_API_KEY": "sk-ant-env"}
+    openai_draft = Draft("https://api.openai.com/v1/chat/completions", {"model": "m"})
+    assert credential(openai_draft, original_host="x", typed_key="", environ=env) == (
+        "authorization",
+        "Bearer sk-env",
+    )
+    anthropic_draft = Draft("https://api.anthropic.com/v1/messages", {"model": "m"})
+    assert credential(anthropic_draft, original_host="x", typed_key="", environ=env) == (
+        "x-api-key",
+        "sk-ant-env",
+    )
+    elsewhere = Draft("https://llm.example.test/v1/chat/completions", {"model": "m"})
+    with pytest.raises(CannotAsk, match="type a key"):
+        credential(elsewhere, original_host="api.openai.com", typed_key="", environ=env)
+    assert credential(elsewhere, original_host="llm.example.test", typed_key="", environ=env) == (
+        "authorization", "Bearer sk-env")  # fmt: skip
+    assert credential(elsewhere, original_host="x", typed_key="typed", environ=env) == (
+        "authorization",
+        "Bearer typed",
+    )
+    ollama = Draft("http://localhost:11434/api/chat/completions", {"model": "m"})
+    assert credential(ollama, original_host="x", typed_key="", environ={}) is None
+    # Secrets never come into a draft: masked headers and key query parameters are left out.
+    record = {"url": "https://generativelanguage.googleapis.com/v1beta/models/g:generateContent?key=***&alt=sse",
+              "request_body": {"contents": []}, "request_headers": [["x-goog-api-key", "***"], ["anthropic-beta", "b"],
+              ["content-length", "9"], ["llmreel-namespace", "n"]]}  # fmt: skip
+    draft = Draft.from_record(record)
+    assert draft.url.endswith(":generateContent?alt=sse") and draft.headers == {
+        "anthropic-beta": "b"
+    }
+
+
+def test_a_proxy_password_is_not_shown() -> None:
+    from llmreel.lab.runs import Lab
+
+    assert Lab(None, proxy="http://me:pa%40ss@127.0.0.1:8080").proxy_url == "http://127.0.0.1:8080"  # type: ignore[arg-type]

@@ -98,8 +98,14 @@ API_KEYS: dict[str, KeySource] = {
 }
 
 
+#: Providers that run on the user's machine and take no key.
+KEYLESS = frozenset({"ollama"})
+
+
 def key_source(provider: str, api: str) -> KeySource | None:
     """The key an endpoint needs (`provider`, `api` as in `Endpoint`), or None (a local model)."""
+    if provider in KEYLESS:
+        return None
     if provider == "azure":
         return API_KEYS["azure"]
     return API_KEYS.get(api.split(".", 1)[0])

@@ -144,7 +144,10 @@ class Lab:
 
     @property
     def proxy_url(self) -> str:
-        return self.proxy.url if isinstance(self.proxy, ProxyProcess) else self.proxy
+        """The proxy's URL to show: without the user and password of its proxy auth."""
+        url = self.proxy.url if isinstance(self.proxy, ProxyProcess) else self.proxy
+        scheme, sep, rest = url.partition("://")
+        return scheme + sep + rest.rpartition("@")[2] if sep else url
 
     async def aclose(self) -> None:
         if self._client is not None:
