@@ -242,7 +242,9 @@ async def _read(request: Request, ui: Any, most: int, default_n: int = 1) -> Ask
     ep = draft.endpoint()
     missed = apply_edits(ep.api if ep is not None else "", draft.body, edits)
     if missed:
-        raise BadRequest(f"cannot set {', '.join(missed)} in this request: edit the JSON body")
+        raise BadRequest(
+            f"cannot set {', '.join(missed)} in this request (Gemini names its model in the URL): edit the URL or the JSON body"
+        )
     n = fields.get("n", default_n)
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= most:
         raise BadRequest(f'"n" is a whole number from 1 to {most}')
