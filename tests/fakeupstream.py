@@ -98,6 +98,7 @@ class Knobs:
     gzip: bool = True  # x-fake-gzip: 0 disables gzip of JSON bodies
     body_bytes: int = 0  # x-fake-body-bytes: pad non-streamed reply text to >= N bytes
     reasoning: int | None = None  # x-fake-reasoning-tokens: override reasoning token count
+    vary: int | None = None  # x-fake-vary: say it another way (variant N); FakeUpstream.vary counts
 
     @classmethod
     def from_headers(cls, get: Callable[[str], str | None]) -> Knobs:
@@ -119,6 +120,7 @@ class Knobs:
             gzip=(get("x-fake-gzip") or "1").strip() not in ("0", "false"),
             body_bytes=max(0, number("x-fake-body-bytes") or 0),
             reasoning=number("x-fake-reasoning-tokens"),
+            vary=number("x-fake-vary"),
         )
 
 
@@ -282,6 +284,15 @@ class Answer:
         return self.tool_name is not None
 
 
+_OPENINGS = (
+    "Sure.",
+    "Let me think about that for a moment before answering.",
+    "Good question! Here is what I would say, in a few words:",
+    "I am not entirely certain, but my best answer is this one:",
+    "Answer:",
+)
+
+
 def _reply_text(model: str, prompt_texts: list[str], last_user: str) -> str:
     words = last_user.split()
     snippet = " ".join(words[:24]) + (" ..." if len(words) > 24 else "")
@@ -351,6 +362,9 @@ def _answer(
     else:
         args = None
         text = _reply_text(model, prompt_texts, last_user)
+        if knobs.vary is not None:
+            # A model that is not deterministic: the same question answered in other words.
+            text = f"{_OPENINGS[knobs.vary % len(_OPENINGS)]} {text}"
         if pad and knobs.body_bytes > len(text):
             text += " " + _padding_words(knobs.body_bytes - len(text), text)
         output = _words(text)
@@ -1418,6 +1432,10 @@ def decode_body(data: bytes, content_encoding: str | None) -> bytes:
 _REASONS = {529: "Site is overloaded"}
 
 
+def _with_variant(get: Callable[[str], str | None], variant: str, name: str) -> str | None:
+    return variant if name.lower() == "x-fake-vary" else get(name)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive; every reply has a length or is chunked
     server_version = "cloudflare"
@@ -1477,7 +1495,11 @@ class _Handler(BaseHTTPRequestHandler):
             RecordedRequest(self.command, split.path, split.query, headers, body, parsed)
         )
         if reply is None:
-            reply = build_reply(self.command, split.path, split.query, self.headers.get, body)
+            get = self.headers.get
+            if self.server.upstream.vary:
+                variant = str(self.server.upstream._next_variant() % self.server.upstream.vary)
+                get = functools.partial(_with_variant, get, variant)
+            reply = build_reply(self.command, split.path, split.query, get, body)
             rewrite = self.server.upstream.rewrite
             if rewrite is not None:
                 reply = rewrite(reply)
@@ -1708,6 +1730,10 @@ class FakeUpstream:
         self._cert_path: str | None = None
         #: A test hook: changes every reply on purpose (a provider that changed its answers).
         self.rewrite: Callable[[Reply], Reply] | None = None
+        #: Answer calls in `vary` different ways, in turn (as `x-fake-vary: <call number>`): a
+        #: model that is not deterministic. 0, the default: the same request, the same answer.
+        self.vary = 0
+        self._variants = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -1798,6 +1824,8 @@ class FakeUpstream:
             self._requests.clear()
             self._billed.clear()
             self._connections = 0
+            self._variants = 0
+            self.vary = 0
 
     # -- called by the server threads --------------------------------------------------------
 
@@ -1809,6 +1837,11 @@ class FakeUpstream:
         if entry is not None:
             with self._lock:
                 self._billed.append(entry)
+
+    def _next_variant(self) -> int:
+        with self._lock:
+            self._variants += 1
+            return self._variants
 
     def _count_connection(self) -> None:
         with self._lock:

@@ -94,7 +94,7 @@ def test_installed_beside_proxy_py_both_work(wheel: Path, tmp_path: Path) -> Non
 # --- layering -----------------------------------------------------------------------------
 
 #: Lower layers never import higher ones: request -> key -> store -> response -> usage -> log.
-LAYERS = ["core", "providers", "storage", "log", "metering", "engine", "ui", "addons", "cli", "testing"]
+LAYERS = ["core", "providers", "storage", "log", "metering", "lab", "engine", "ui", "addons", "cli", "testing"]
 
 
 def test_no_package_imports_a_higher_layer_and_there_are_no_cycles() -> None:

@@ -18,6 +18,7 @@ import click
 from llmreel.cli.cache import cache
 from llmreel.cli.config import apply_config, config_command
 from llmreel.cli.log import log as log_group
+from llmreel.cli.probe import probe_command
 from llmreel.cli.reverse import Reverse
 from llmreel.cli.server import (
     DEFAULT_CONFDIR,
@@ -214,7 +215,8 @@ async def _serve(
 ) -> None:
     server = _server(settings, kw or {"workers": 1})
     running = await _start(server)
-    ui_process = await asyncio.to_thread(start_beside, settings.store, *ui)
+    lab = _lab(settings, running)
+    ui_process = await asyncio.to_thread(start_beside, settings.store, *ui, **lab)
     click.echo(running.summary() + (f" | ui {ui_process.url}" if ui_process else ""))
     sys.stdout.flush()
     loop = asyncio.get_running_loop()
@@ -315,7 +317,8 @@ async def _run(
     if running.control_url:
         env["LLMREEL_CONTROL_URL"] = running.control_url
     log.info("run id %s", settings.run_id)
-    ui_process = await asyncio.to_thread(start_beside, settings.store, *ui)
+    lab = _lab(settings, running)
+    ui_process = await asyncio.to_thread(start_beside, settings.store, *ui, **lab)
     if ui_process is not None:
         click.echo(f"llmreel ui: {ui_process.url}threads?run={settings.run_id}", err=True)
     loop = asyncio.get_running_loop()
@@ -338,6 +341,17 @@ async def _run(
             await asyncio.to_thread(ui_process.stop)
     # A child killed by a signal reports -N; shells report 128+N.
     return (code if code >= 0 else 128 - code), report
+
+
+def _lab(settings: ProxySettings, running: Running) -> dict[str, Any]:
+    """The UI's playground goes through this proxy (with its proxy auth), offline if it is."""
+    url = running.proxy_url
+    if settings.proxy_auth:
+        from urllib.parse import quote
+
+        user, _, password = settings.proxy_auth.partition(":")
+        url = url.replace("://", f"://{quote(user, safe='')}:{quote(password, safe='')}@", 1)
+    return {"proxy": url, "offline": settings.mode == "offline", "confdir": settings.confdir}
 
 
 def _find_unused(store: Any, report: RunReport) -> None:
@@ -427,6 +441,7 @@ main.add_command(log_group)
 main.add_command(config_command)
 main.add_command(verify)
 main.add_command(ui_command)
+main.add_command(probe_command)
 
 
 @main.command("addon-path")

@@ -16,6 +16,7 @@ from llmreel.ui.app import UiSettings
 from llmreel.ui.server import (
     AUTH_ENV,
     DEFAULT_PORT,
+    PROXY_ENV,
     UiProcess,
     check_binding,
     parse_auth,
@@ -35,7 +36,15 @@ __all__ = ["start_beside", "ui_command", "ui_options"]
 @click.option("--auth", default=None, metavar="USER:PASS", envvar=AUTH_ENV,
               help="Require HTTP basic auth (needed for a non-loopback --host).")  # fmt: skip
 @click.option("--open", "open_browser", is_flag=True, help="Open the UI in a browser.")
-def ui_command(store: str, host: str, port: int, auth: str | None, open_browser: bool) -> None:
+@click.option("--proxy", default="", metavar="URL", envvar=PROXY_ENV,
+              help="The llmreel proxy playground runs go through (it must write to --store); "
+              "default: one started on first use.")  # fmt: skip
+@click.option("--offline", is_flag=True, default=lambda: os.environ.get("LLMREEL_MODE") == "offline",
+              help="The playground never calls upstream (default when LLMREEL_MODE=offline).")  # fmt: skip
+@click.option("--confdir", default="~/.mitmproxy", show_default=True,
+              help="Where the mitmproxy CA lives (for the playground's HTTPS runs).")  # fmt: skip
+def ui_command(store: str, host: str, port: int, auth: str | None, open_browser: bool,
+               proxy: str, offline: bool, confdir: str) -> None:  # fmt: skip
     """Review agent conversations in a browser: exchanges, threads, labels.
 
     It reads the store's exchange log while proxies keep writing to it; the only thing it
@@ -55,7 +64,8 @@ def ui_command(store: str, host: str, port: int, auth: str | None, open_browser:
             f"no llmreel store at {os.path.abspath(store)}. Pass --store (or set LLMREEL_STORE) "
             "to the directory the proxy records into, or run `llmreel serve` first."
         )
-    settings = UiSettings(store=store, host=host, auth=credentials)
+    settings = UiSettings(store=store, host=host, auth=credentials, proxy=proxy,
+                          offline=offline, confdir=confdir)  # fmt: skip
     if open_browser:
         _open_when_ready(host, port)
     try:
@@ -87,11 +97,16 @@ def ui_options[F: Callable[..., Any]](func: F) -> F:
                         help="Also start the web UI (`llmreel ui`) on 127.0.0.1, in its own process.")(func)  # fmt: skip
 
 
-def start_beside(store: str, with_ui: bool, port: int) -> UiProcess | None:
-    """Start the UI for `store` (which the proxy has opened) when asked; the caller stops it."""
+def start_beside(
+    store: str, with_ui: bool, port: int, *, proxy: str = "", offline: bool = False,
+    confdir: str = "~/.mitmproxy",
+) -> UiProcess | None:  # fmt: skip
+    """Start the UI for `store` (which the proxy has opened) when asked; the caller stops it.
+
+    Its playground goes through `proxy` (the proxy starting it), offline when that proxy is."""
     if not with_ui:
         return None
-    process = UiProcess(store=store, port=port)
+    process = UiProcess(store=store, port=port, proxy=proxy, offline=offline, confdir=confdir)
     try:
         process.start()
     except RuntimeError as exc:

@@ -21,6 +21,7 @@ from typing import Any
 import click
 import orjson
 
+from llmreel.core.credentials import KeySource, key_source
 from llmreel.core.drift import Drift, compare, json_paths, merged_paths
 from llmreel.core.wire import header, recordable_headers
 from llmreel.providers import DEFAULT_HOSTS, Endpoint, classify, parse_host_mappings, summarize
@@ -28,14 +29,6 @@ from llmreel.providers.sse import looks_like_sse, parse_sse
 from llmreel.storage.lmdbstore import StoreError
 from llmreel.storage.records import Recording
 from llmreel.storage.stores import open_store
-
-#: Where each API family's key comes from, and the header that carries it.
-CREDENTIALS = {
-    "openai": (("OPENAI_API_KEY",), "authorization", "Bearer {}"),
-    "anthropic": (("ANTHROPIC_API_KEY",), "x-api-key", "{}"),
-    "gemini": (("GEMINI_API_KEY", "GOOGLE_API_KEY"), "x-goog-api-key", "{}"),
-}
-AZURE = (("AZURE_OPENAI_API_KEY",), "api-key", "{}")
 
 
 class CannotAsk(Exception):
@@ -135,20 +128,16 @@ def _endpoint(rec: Recording, hosts: Any) -> Endpoint | None:
     return classify(str(req.get("method", "POST")), hostport, str(req.get("path", "")), hosts)
 
 
-def _credential(ep: Endpoint | None) -> tuple[tuple[str, ...], str, str] | None:
-    if ep is None:
-        return None
-    if ep.provider == "azure":
-        return AZURE
-    return CREDENTIALS.get(ep.api.split(".", 1)[0])
+def _credential(ep: Endpoint | None) -> KeySource | None:
+    return key_source(ep.provider, ep.api) if ep is not None else None
 
 
 def _check_keys(endpoints: Any) -> None:
     missing = set()
     for ep in endpoints:
         cred = _credential(ep)
-        if cred is not None and not any(os.environ.get(name) for name in cred[0]):
-            missing.add(" or ".join(cred[0]))
+        if cred is not None and not any(os.environ.get(name) for name in cred.env):
+            missing.add(" or ".join(cred.env))
     if missing:
         raise CannotAsk(
             f"no {', '.join(sorted(missing))} in the environment, so recordings for that "
@@ -178,9 +167,8 @@ def _send(rec: Recording, ep: Endpoint | None, timeout: float) -> Answer:
     headers["accept-encoding"] = "identity"
     cred = _credential(ep)
     if cred is not None:
-        names, header_name, template = cred
-        key = next(os.environ[n] for n in names if os.environ.get(n))
-        headers[header_name] = template.format(key)
+        key = next(os.environ[n] for n in cred.env if os.environ.get(n))
+        headers[cred.header] = cred.value(key)
     request = urllib.request.Request(_url(req), data=_body(req.get("body")), headers=headers,
                                      method=str(req.get("method", "POST")))  # fmt: skip
     context = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or None)

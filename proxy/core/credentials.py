@@ -17,14 +17,17 @@ from collections.abc import Buffer
 from dataclasses import dataclass, field
 
 __all__ = [
+    "API_KEYS",
     "SECRET_HEADERS",
     "SHAPES",
     "Hit",
+    "KeySource",
     "Shape",
     "hits",
     "hits_in_bytes",
     "is_secret_header",
     "is_secret_name",
+    "key_source",
 ]
 
 
@@ -66,6 +69,46 @@ def is_secret_name(name: str) -> bool:
 
 def is_secret_header(name: str) -> bool:
     return name.lower() in SECRET_HEADERS or is_secret_name(name)
+
+
+# --------------------------------------------------------------------------------------------
+# Where a provider's key comes from
+
+
+@dataclass(frozen=True, slots=True)
+class KeySource:
+    """Where an API family's key is found (environment variables, first set wins) and how a
+    request carries it (`header`, with `template` formatted with the key)."""
+
+    env: tuple[str, ...]
+    header: str
+    template: str = "{}"
+
+    def value(self, key: str) -> str:
+        return self.template.format(key)
+
+
+#: The key of each API family (`Endpoint.api` up to its first dot; `azure` by provider), for the
+#: commands that send requests themselves: `verify --live`, the playground, `probe`.
+API_KEYS: dict[str, KeySource] = {
+    "openai": KeySource(("OPENAI_API_KEY",), "authorization", "Bearer {}"),
+    "anthropic": KeySource(("ANTHROPIC_API_KEY",), "x-api-key"),
+    "gemini": KeySource(("GEMINI_API_KEY", "GOOGLE_API_KEY"), "x-goog-api-key"),
+    "azure": KeySource(("AZURE_OPENAI_API_KEY",), "api-key"),
+}
+
+
+#: Providers that run on the user's machine and take no key.
+KEYLESS = frozenset({"ollama"})
+
+
+def key_source(provider: str, api: str) -> KeySource | None:
+    """The key an endpoint needs (`provider`, `api` as in `Endpoint`), or None (a local model)."""
+    if provider in KEYLESS:
+        return None
+    if provider == "azure":
+        return API_KEYS["azure"]
+    return API_KEYS.get(api.split(".", 1)[0])
 
 
 # --------------------------------------------------------------------------------------------

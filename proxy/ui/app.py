@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import secrets
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -39,7 +39,7 @@ from llmreel.core.wire import is_loopback
 from llmreel.log.exchangelog import ExchangeLog
 from llmreel.log.labels import LabelError, Labels, Target
 from llmreel.storage.lmdbstore import LmdbStore
-from llmreel.ui import render
+from llmreel.ui import playground, render
 from llmreel.ui.index import Index, Indexer
 from llmreel.ui.queries import (
     ExchangeQuery,
@@ -67,6 +67,11 @@ class UiSettings:
     host: str = "127.0.0.1"
     auth: tuple[str, str] | None = None
     index_interval_s: float = 0.25
+    proxy: str = ""
+    """The llmreel proxy playground runs go through; empty: one started on first use."""
+    offline: bool = False
+    """The playground and probes refuse to call upstream."""
+    confdir: str = "~/.mitmproxy"
 
 
 class UiState:
@@ -82,6 +87,8 @@ class UiState:
             self.index, self.log, self.labels, interval_s=settings.index_interval_s
         )
         self.csrf = secrets.token_urlsafe(32)
+        #: Called by close(), e.g. to stop the playground's proxy.
+        self.closers: list[Callable[[], None]] = []
         self._local = threading.local()
         self._conns: list[Any] = []
         self._conns_lock = threading.Lock()
@@ -98,6 +105,8 @@ class UiState:
         self.indexer.start()
 
     def close(self) -> None:
+        for closer in self.closers:
+            closer()
         self.indexer.stop()
         with self._conns_lock:
             for conn in self._conns:
@@ -230,6 +239,7 @@ def create_app(settings: UiSettings, state: UiState | None = None) -> Starlette:
         Route("/threads/{id:path}", thread_page),
         Route("/api/threads/{id:path}", thread_page),
         Route("/api/events", events),
+        *playground.routes(ui, page, problem),
         Mount("/static", StaticFiles(directory=_STATIC, follow_symlink=True), name="static"),
     ]
     middleware = [Middleware(SecurityHeaders)]

@@ -18,13 +18,15 @@ import uvicorn
 from llmreel.core.wire import is_loopback
 from llmreel.ui.app import UiSettings, create_app
 
-__all__ = ["DEFAULT_PORT", "UiProcess", "check_binding", "parse_auth", "serve_forever"]
+__all__ = ["DEFAULT_PORT", "PROXY_ENV", "UiProcess", "check_binding", "parse_auth", "serve_forever"]
 
 DEFAULT_PORT: Final = 9465
 READY: Final = "llmreel ui ready: "
 #: The UI's basic-auth credentials reach a child process through its environment, not its argv
 #: (which `ps` shows to every user).
 AUTH_ENV: Final = "LLMREEL_UI_AUTH"
+#: The proxy the playground goes through, for the same reason (its URL may hold proxy auth).
+PROXY_ENV: Final = "LLMREEL_UI_PROXY"
 _START_TIMEOUT_S: Final = 60.0
 
 
@@ -80,6 +82,9 @@ class UiProcess:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     auth: tuple[str, str] | None = None
+    proxy: str = ""
+    offline: bool = False
+    confdir: str = "~/.mitmproxy"
     url: str = ""
     _proc: subprocess.Popen[str] | None = field(default=None, repr=False)
 
@@ -92,8 +97,11 @@ class UiProcess:
         env = dict(os.environ)
         if self.auth is not None:
             env[AUTH_ENV] = f"{self.auth[0]}:{self.auth[1]}"
+        if self.proxy:
+            env[PROXY_ENV] = self.proxy
         command = [sys.executable, "-c", "from llmreel.cli.main import main; main()", "ui",
-                   "--store", self.store, "--host", self.host, "--port", str(self.port)]  # fmt: skip
+                   "--store", self.store, "--host", self.host, "--port", str(self.port),
+                   "--confdir", self.confdir, *(["--offline"] if self.offline else [])]  # fmt: skip
         self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True)
         line: list[str] = []
         reader = threading.Thread(target=lambda: line.append(self._readline()), daemon=True)
