@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 import pytest
@@ -246,3 +247,41 @@ def test_index_rows_keep_models_and_dimensions_apart(tmp_path: Path) -> None:
         "SELECT model, dim, count(*) FROM emb GROUP BY 1, 2 ORDER BY 1, 2"
     ).fetchall()
     assert spaces == [("large", 4, 2), ("small", 2, 2), ("small", 4, 2)]
+
+
+# --- end to end: the switch -----------------------------------------------------------------------
+
+
+def test_no_log_embeddings_keeps_texts_but_no_vector(
+    make_proxy: Any, fake: Any, bundle: str, tmp_path: Path
+) -> None:
+    from tests.conftest import wait_until
+    from tests.test_e2e import openai_client
+    from tests.test_ui_browser import ui_process
+
+    stores = {}
+    for keep in (True, False):
+        proxy = make_proxy(store=str(tmp_path / f"store-{keep}"), log_embeddings=keep)
+        client = openai_client(proxy, fake, bundle)
+        client.embeddings.create(model="text-embedding-3-small", input=["alpha beta", "gamma"],
+                                 encoding_format="float", dimensions=8)  # fmt: skip
+        stores[keep] = proxy.settings.store
+        proxy.stop()
+    for keep, store in stores.items():
+        ui = ui_process(store)
+        try:
+            api = httpx.Client(base_url=ui.url.rstrip("/"), timeout=30)
+            (item,) = wait_until(lambda c=api: c.get("/api/exchanges").json()["items"], "indexed")
+            body = api.get(f"/api/exchanges/{item['id']}").json()["response_body"]
+            vectors = [d["embedding"] for d in body["data"]]
+            spaces = api.get("/api/embeddings/spaces").json()
+            if keep:
+                assert all(isinstance(v, list) and len(v) == 8 for v in vectors)
+                assert spaces == [{"model": "text-embedding-3-small", "dim": 8, "count": 2}]
+            else:
+                assert vectors == [None, None] and spaces == []
+                assert "No embedding calls" in api.get("/embeddings").text
+            request = api.get(f"/api/exchanges/{item['id']}").json()["request_body"]
+            assert request["input"] == ["alpha beta", "gamma"]  # texts are kept either way
+        finally:
+            ui.stop()

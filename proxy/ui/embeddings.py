@@ -133,10 +133,10 @@ class Explorer:
             flat = np.frombuffer(b"".join(r[6] for r in rows), dtype="<f4")
             matrix = flat.reshape(len(rows), space.key[1]).astype(np.float32)
             unit = unit_rows(matrix)
-            xy = project(unit, space.method)
+            xy, used = project(unit, space.method)
             space.points = [r[0] for r in rows]
             space.unit = unit
-            space.payload = _payload(space, rows, xy)
+            space.payload = _payload(space, rows, xy, used)
         except Exception as exc:  # noqa: BLE001 - the page shows it instead of computing forever
             log.warning("projecting %s failed: %s", space.key, exc)
             space.error = f"projection failed: {exc}"
@@ -225,7 +225,7 @@ def _generation(conn: sqlite3.Connection, key: SpaceKey) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def _payload(space: Space, rows: list[Any], xy: Matrix) -> dict[str, Any]:
+def _payload(space: Space, rows: list[Any], xy: Matrix, method: str) -> dict[str, Any]:
     """The points as columns: ids, base64 float32 coordinates, category codes and previews."""
     categories: dict[str, dict[str, Any]] = {}
     for name, column in (("namespace", 3), ("run", 4), ("call", 1)):
@@ -237,7 +237,7 @@ def _payload(space: Space, rows: list[Any], xy: Matrix) -> dict[str, Any]:
         "state": "ready",
         "model": space.key[0],
         "dim": space.key[1],
-        "method": space.method,
+        "method": method,
         "count": len(rows),
         "generation": list(space.generation),
         "points": [r[0] for r in rows],

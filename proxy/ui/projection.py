@@ -64,17 +64,22 @@ def _top_axes(c: Matrix, k: int) -> Matrix:
     return (axes * signs).astype(np.float32)
 
 
-def project(x: Matrix, method: str = "pca") -> Matrix:
-    """(n, 2) coordinates of the rows of `x`, by "pca" or "umap" (which needs `umap-learn`)."""
-    if method == "umap" and x.shape[0] > 15:
+#: UMAP needs more points than its neighbourhood size (15); fewer are projected by PCA.
+UMAP_MIN_POINTS: Final = 16
+
+
+def project(x: Matrix, method: str = "pca") -> tuple[Matrix, str]:
+    """(n, 2) coordinates of the rows of `x` and the method used: "pca", or "umap" (which needs
+    `umap-learn` and at least `UMAP_MIN_POINTS` points; PCA otherwise)."""
+    if method == "umap" and x.shape[0] >= UMAP_MIN_POINTS:
         umap: Any = importlib.import_module("umap")
         reduced = x
         if x.shape[1] > _UMAP_PCA_DIMS and x.shape[0] > _UMAP_PCA_DIMS:
             centred = (x - x.mean(axis=0)).astype(np.float32)
             reduced = centred @ _top_axes(centred, _UMAP_PCA_DIMS)
         reducer = umap.UMAP(n_components=2, metric="cosine", random_state=_SEED)
-        return np.asarray(reducer.fit_transform(reduced), dtype=np.float32)
-    return pca_2d(x)
+        return np.asarray(reducer.fit_transform(reduced), dtype=np.float32), "umap"
+    return pca_2d(x), "pca"
 
 
 def cosine_neighbours(unit: Matrix, row: int, k: int) -> list[tuple[int, float]]:

@@ -65,6 +65,7 @@
 
   async function ready(data) {
     state.data = data;
+    document.getElementById("emb-method").textContent = data.method;
     state.xy = decode(data.xy);
     if (root.dataset.exchange) {
       try {
@@ -129,21 +130,31 @@
       if (!list) byCode.set(c, (list = []));
       list.push(i);
     }
-    ctx.globalAlpha = dimmed ? 0.35 : 0.8;
-    const r = n > 5000 ? 1.5 : 2.5;
+    ctx.globalAlpha = dimmed ? 0.45 : 0.8;
+    // Squares are several times faster to fill than circles: circles only while they are few.
+    const round = n <= 3000, r = n > 5000 ? 1.5 : n > 500 ? 2.5 : 4;
     for (const [code, list] of byCode) {
       ctx.fillStyle = colourOf(code);
-      for (const i of list) ctx.fillRect(state.sx[i] - r, state.sy[i] - r, 2 * r, 2 * r);
+      if (round) {
+        ctx.beginPath();
+        for (const i of list) {
+          ctx.moveTo(state.sx[i] + r, state.sy[i]);
+          ctx.arc(state.sx[i], state.sy[i], r, 0, 2 * Math.PI);
+        }
+        ctx.fill();
+      } else {
+        for (const i of list) ctx.fillRect(state.sx[i] - r, state.sy[i] - r, 2 * r, 2 * r);
+      }
     }
     ctx.globalAlpha = 1;
     ctx.lineWidth = 2;
     for (const [point, kind] of state.rag) {
       const i = indexOf(point);
       if (i < 0) continue;
-      ring(ctx, i, kind === "query" ? 7 : 5, kind === "query" ? "#e03131" : "#f08c00", kind === "query");
+      ring(ctx, i, kind === "query" ? 8 : 7, kind === "query" ? "#e03131" : "#f08c00", kind === "query");
     }
-    for (const i of state.neighbours.keys()) ring(ctx, i, 5, "#1d1f24", false);
-    if (state.picked >= 0) ring(ctx, state.picked, 7, "#3b5bdb", true);
+    for (const i of state.neighbours.keys()) ring(ctx, i, 7, "#1d1f24", false);
+    if (state.picked >= 0) ring(ctx, state.picked, 8, "#3b5bdb", true);
     legend(cat, byCode);
   }
 
@@ -277,5 +288,10 @@
     location.search = p.toString();
   });
   window.addEventListener("resize", () => { if (state.data) { layout(); draw(); } });
+  // Read-only, for tests and debugging: where each point was drawn (CSS pixels in the canvas).
+  window.llmreelEmbeddings = {
+    positions: () => state.data ? state.data.points.map((p, i) => [p, state.sx[i], state.sy[i]]) : [],
+    rag: () => Object.fromEntries(state.rag),
+  };
   load();
 })();
