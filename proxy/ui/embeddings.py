@@ -31,7 +31,7 @@ __all__ = ["Explorer", "Space", "SpaceKey"]
 
 log = logging.getLogger(__name__)
 
-PREVIEW: Final = 160
+PREVIEW: Final = 100
 FULL_TEXT: Final = 4000
 MAX_NEIGHBOURS: Final = 50
 #: Projections kept in memory (each holds its space's unit vectors: 20,000 × 1,536 is 120 MB).

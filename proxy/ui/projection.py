@@ -19,6 +19,7 @@ METHODS: Final = ("pca", "umap")
 #: PCA first reduces to this many dimensions before UMAP (the usual recipe: faster, less noise).
 _UMAP_PCA_DIMS: Final = 50
 _SEED: Final = 0
+_FIT_ROWS: Final = 4000
 
 
 def has_umap() -> bool:
@@ -35,16 +36,22 @@ def unit_rows(x: Matrix) -> Matrix:
 def pca_2d(x: Matrix) -> Matrix:
     """The rows of `x` on their first two principal axes, as an (n, 2) float32 array.
 
-    Deterministic: a seeded randomized SVD (a few matrix products, fast for 20,000 × 3,072),
-    and each axis's sign fixed so that its largest coefficient is positive.
+    Deterministic: the axes are fitted on at most `_FIT_ROWS` rows (a seeded sample; plenty
+    for two axes) by a seeded randomized SVD, and each axis's sign is fixed so that its largest
+    coefficient is positive. Then every row is projected: one matrix product.
     """
     n = x.shape[0]
     out = np.zeros((n, 2), dtype=np.float32)
     if n < 2:
         return out
-    centred = (x - x.mean(axis=0)).astype(np.float32, copy=False)
-    axes = _top_axes(centred, min(2, x.shape[1], n))
-    out[:, : axes.shape[1]] = centred @ axes
+    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    fit = (
+        x
+        if n <= _FIT_ROWS
+        else x[np.sort(np.random.default_rng(_SEED).choice(n, _FIT_ROWS, replace=False))]
+    )
+    axes = _top_axes((fit - mean).astype(np.float32, copy=False), min(2, x.shape[1], fit.shape[0]))
+    out[:, : axes.shape[1]] = x @ axes - mean @ axes
     return out
 
 
@@ -54,7 +61,7 @@ def _top_axes(c: Matrix, k: int) -> Matrix:
     d = c.shape[1]
     width = min(d, k + 8)
     basis = rng.standard_normal((d, width)).astype(np.float32)
-    for _ in range(4):
+    for _ in range(3):
         basis, _ = np.linalg.qr(c.T @ (c @ basis))
     small = c @ basis  # (n, width)
     _, _, vt = np.linalg.svd(small, full_matrices=False)
