@@ -285,3 +285,59 @@ def test_no_log_embeddings_keeps_texts_but_no_vector(
             assert request["input"] == ["alpha beta", "gamma"]  # texts are kept either way
         finally:
             ui.stop()
+
+
+def test_projection_runs_in_the_worker_and_a_stale_one_is_served_while_points_arrive(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from llmreel.ui.embeddings import Explorer
+
+    path = tmp_path / "index.sqlite3"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(path, check_same_thread=False)
+
+    conn = connect()
+    conn.executescript(embindex.DDL)
+    rng = np.random.default_rng(5)
+
+    def log_call(ident: str, n: int) -> None:
+        data = [
+            {"index": i, "embedding": v.tolist()} for i, v in enumerate(rng.standard_normal((n, 8)))
+        ]
+        record = {"id": ident, "api": OPENAI_EMBEDDINGS, "model": "m", "time": "2025-01-01T00:00:00.000Z",
+                  "request_body": {"input": [f"text {ident} {i}" for i in range(n)]},
+                  "response_body": {"data": data}}  # fmt: skip
+        embindex.add(conn, 1, record)
+        conn.commit()
+
+    log_call("A", 30)
+    explorer = Explorer(connect, None)  # type: ignore[arg-type] # no log: no RAG here
+    key = ("m", 8)
+    try:
+        assert explorer.projection(conn, key, "pca")["state"] in ("computing", "ready")
+        explorer.wait(conn, key, "pca", 60)
+        ready = explorer.projection(conn, key, "pca")
+        assert ready["state"] == "ready" and ready["count"] == 30 and "stale" not in ready
+        assert len(base64.b64decode(ready["xy"])) == 30 * 2 * 4
+        assert ready["text"][0] == "text A 0" and ready["categories"]["call"]["values"] == ["A"]
+
+        log_call("B", 10)
+        meanwhile = explorer.projection(conn, key, "pca")
+        assert meanwhile["count"] in (30, 40)
+        assert meanwhile.get("stale", False) == (meanwhile["count"] == 30)
+        explorer.wait(conn, key, "pca", 60)
+        fresh = explorer.projection(conn, key, "pca")
+        assert fresh["count"] == 40 and "stale" not in fresh
+        assert fresh["categories"]["call"]["values"] == ["A", "B"]
+
+        near = explorer.neighbours(conn, fresh["points"][0], 5)
+        scores = [n["score"] for n in near["neighbours"]]
+        assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+        assert near["point"]["text"] == "text A 0"
+        with pytest.raises(ValueError, match="method"):
+            explorer.projection(conn, key, "tsne")
+    finally:
+        explorer.close()

@@ -69,6 +69,9 @@ class Explorer:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="llmreel-ui-projection")
         self._lock = threading.Lock()
         self._spaces: dict[tuple[SpaceKey, str], Space] = {}
+        """The latest projection job of each (space, method)."""
+        self._ready: dict[tuple[SpaceKey, str], Space] = {}
+        """The latest finished one, served while a newer one is computed."""
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
@@ -100,20 +103,29 @@ class Explorer:
         space = self._current(conn, key, method)
         if space.error is not None:
             return {"state": "error", "error": space.error}
-        if space.payload is None:
-            return {"state": "computing", "method": method, "count": space.generation[0]}
-        return space.payload
+        if space.payload is not None:
+            return space.payload
+        with self._lock:
+            ready = self._ready.get((key, method))
+        if ready is not None and ready.payload is not None:
+            # New points arrived and are being projected: draw what is ready meanwhile.
+            return {**ready.payload, "stale": True}
+        return {"state": "computing", "method": method, "count": space.generation[0]}
 
     def _current(self, conn: sqlite3.Connection, key: SpaceKey, method: str) -> Space:
+        """The space's latest projection job; a new one only when the points changed and no
+        job for the space is running (a busy log must not queue a job per request)."""
         generation = _generation(conn, key)
         with self._lock:
             space = self._spaces.get((key, method))
-            if space is None or space.generation != generation:
+            busy = space is not None and space.future is not None and not space.future.done()
+            if space is None or (space.generation != generation and not busy):
                 space = Space(key, method, generation)
                 self._spaces[(key, method)] = space
                 space.future = self._worker.submit(self._compute, space)
-                while len(self._spaces) > _KEEP:
-                    self._spaces.pop(next(iter(self._spaces)))
+                for kept in (self._spaces, self._ready):
+                    while len(kept) > _KEEP:
+                        kept.pop(next(iter(kept)))
             return space
 
     def wait(self, conn: sqlite3.Connection, key: SpaceKey, method: str, timeout: float) -> None:
@@ -137,6 +149,8 @@ class Explorer:
             space.points = [r[0] for r in rows]
             space.unit = unit
             space.payload = _payload(space, rows, xy, used)
+            with self._lock:
+                self._ready[(space.key, space.method)] = space
         except Exception as exc:  # noqa: BLE001 - the page shows it instead of computing forever
             log.warning("projecting %s failed: %s", space.key, exc)
             space.error = f"projection failed: {exc}"
@@ -166,13 +180,14 @@ class Explorer:
         }
 
     def _unit_space(self, conn: sqlite3.Connection, key: SpaceKey) -> Space:
+        """A finished space with the unit vectors of `key` (any method), computing one if none."""
         with self._lock:
-            ready = [s for (k, _), s in self._spaces.items() if k == key and s.unit is not None]
-        if ready and ready[-1].generation == _generation(conn, key):
+            ready = [s for (k, _), s in self._ready.items() if k == key]
+        if ready:
             return ready[-1]
         space = self._current(conn, key, "pca")
         if space.future is not None:
-            space.future.result(120)
+            space.future.result(300)
         return space
 
     # --- RAG ----------------------------------------------------------------------------------

@@ -78,7 +78,8 @@
     layout();
     draw();
     const ms = Math.round(performance.now());  // since navigation started
-    setStatus(data.count + " points · drawn in " + ms + " ms");
+    setStatus(data.count + " points · drawn in " + ms + " ms" +
+      (data.stale ? " · newer points are being projected: reload soon" : ""));
     document.body.dataset.embRenderMs = String(ms);
     document.body.dataset.embState = "ready";
   }
