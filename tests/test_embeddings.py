@@ -341,3 +341,22 @@ def test_projection_runs_in_the_worker_and_a_stale_one_is_served_while_points_ar
             explorer.projection(conn, key, "tsne")
     finally:
         explorer.close()
+
+
+def test_the_cli_switch_reaches_the_proxy_settings() -> None:
+    from dataclasses import fields
+
+    from llmreel.cli.main import main
+    from llmreel.cli.server import ProxySettings
+    from llmreel.engine.options import DEFAULTS
+
+    serve = main.commands["serve"]  # type: ignore[attr-defined]
+    for args, expected in (
+        ([], True),
+        (["--no-log-embeddings"], False),
+        (["--log-embeddings"], True),
+    ):
+        ctx = serve.make_context("serve", list(args))
+        assert ctx.params["log_embeddings"] is expected
+    assert "log_embeddings" in {f.name for f in fields(ProxySettings)}
+    assert DEFAULTS["llmreel_log_embeddings"] is True
