@@ -360,3 +360,13 @@ def test_the_cli_switch_reaches_the_proxy_settings() -> None:
         assert ctx.params["log_embeddings"] is expected
     assert "log_embeddings" in {f.name for f in fields(ProxySettings)}
     assert DEFAULTS["llmreel_log_embeddings"] is True
+
+
+def test_the_proxy_does_not_load_numpy() -> None:
+    # numpy is for the UI's reading side; the proxy packs vectors with the standard library.
+    import subprocess
+    import sys
+
+    code = "import sys, llmreel.addons.recorder, llmreel.log.packing; print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

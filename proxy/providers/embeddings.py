@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import sys
+from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-import numpy as np
 import orjson
 
 from llmreel.core.jsonish import as_dict as _dict
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 EMBEDDING_APIS: Final = frozenset({OPENAI_EMBEDDINGS, GEMINI_EMBED})
-_F32: Final = np.dtype("<f4")
+_SWAP: Final = sys.byteorder != "little"  # the wire's float32 are little-endian
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +127,12 @@ def _f32(value: object) -> bytes | None:
         return raw if raw and len(raw) % 4 == 0 else None
     if isinstance(value, list) and value:
         try:
-            return np.asarray(value, dtype=_F32).tobytes()
-        except (TypeError, ValueError):
+            floats = array("f", value)  # numpy is not imported here: the proxy stays lean
+        except (TypeError, ValueError, OverflowError):
             return None
+        if _SWAP:
+            floats.byteswap()
+        return floats.tobytes()
     return None
 
 
@@ -187,5 +191,7 @@ def expand_response(api: str, response: dict[str, Any]) -> None:
         if isinstance(value, str) and (raw := _f32(value)) is not None:
             # orjson prints a float32 as its shortest decimal; read back, that is a Python float
             # whose repr is the same (6× faster than formatting each float in Python).
-            vector = np.frombuffer(raw, dtype=_F32)
+            import numpy as np  # only when reading the log, never in the proxy
+
+            vector = np.frombuffer(raw, dtype="<f4")
             holder[key] = orjson.loads(orjson.dumps(vector, option=orjson.OPT_SERIALIZE_NUMPY))
