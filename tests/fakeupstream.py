@@ -1296,7 +1296,8 @@ def gemini_embed(call: Call, *, batch: bool) -> Reply:
     {"embeddings": [{"values"}, ...]}. Gemini JSON style (2-space indent, trailing newline); no
     usage, as the real API sends none. Deterministic: the vector depends on model and text."""
     model = call.path_params.get("model") or "gemini-embedding-001"
-    requests = [r for r in call.body.get("requests", []) if isinstance(r, dict)] if batch else [call.body]
+    listed = call.body.get("requests", [])
+    requests = [r for r in listed if isinstance(r, dict)] if batch else [call.body]
     out = []
     for req in requests:
         parts = (req.get("content") or {}).get("parts") or []
