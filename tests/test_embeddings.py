@@ -29,7 +29,7 @@ from llmreel.providers.embeddings import (
 )
 from llmreel.providers.hosts import GEMINI_EMBED, OPENAI_EMBEDDINGS
 from llmreel.ui import embindex
-from llmreel.ui.projection import cosine_neighbours, pca_2d, unit_rows
+from llmreel.ui.projection import cosine_neighbours, pca_2d, project, unit_rows
 from llmreel.ui.rag import Candidate, match, normalise, prompt_texts
 from tests.test_exchangelog import GOOGLE_KEY, fixture, make_exchange
 
@@ -183,6 +183,12 @@ def test_pca_has_one_row_per_point_and_is_deterministic() -> None:
     # The first axis separates the two clusters.
     assert (np.sign(xy[:50, 0]) != np.sign(xy[50:, 0])).all()
     assert pca_2d(x[:1]).shape == (1, 2) and pca_2d(x[:, :1]).shape == (100, 2)
+
+
+def test_too_few_points_for_umap_are_projected_by_pca() -> None:
+    x = clusters()[:10]
+    xy, method = project(x, "umap")
+    assert method == "pca" and np.array_equal(xy, pca_2d(x))
 
 
 def test_cosine_neighbours_best_first_with_scores() -> None:
