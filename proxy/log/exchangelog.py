@@ -192,7 +192,8 @@ class ExchangeLog:
                 if full:
                     # Bodies are stored raw (see pack_exchange): a streamed answer is spread over
                     # many events, so only the expanded record can be searched.
-                    record = unpack_record(value)
+                    # Vectors become float lists only for a caller that asked for content.
+                    record = unpack_record(value, vectors=content)
                     if not flt.matches_content(record):
                         continue
             except (LogRecordError, orjson.JSONDecodeError) as exc:
