@@ -1305,6 +1305,24 @@ def gemini_generate(call: Call, *, stream: bool) -> Reply:
     return _stream_reply("gemini", call, events, _GEMINI_JSON, billed, sse=False)
 
 
+def gemini_embed(call: Call, *, batch: bool) -> Reply:
+    """`models/{m}:embedContent` → {"embedding": {"values"}}; `:batchEmbedContents` →
+    {"embeddings": [{"values"}, ...]}. Gemini JSON style (2-space indent, trailing newline); no
+    usage, as the real API sends none. Deterministic: the vector depends on model and text."""
+    model = call.path_params.get("model") or "gemini-embedding-001"
+    listed = call.body.get("requests", [])
+    requests = [r for r in listed if isinstance(r, dict)] if batch else [call.body]
+    out = []
+    for req in requests:
+        parts = (req.get("content") or {}).get("parts") or []
+        text = "\n".join(p.get("text", "") for p in parts if isinstance(p, dict))
+        dims = int(req.get("outputDimensionality") or req.get("output_dimensionality") or 3072)
+        vector = _float32_vector(_compact([model, text]), dims)
+        out.append({"values": [float(f"{v:.9g}") for v in vector]})
+    obj = {"embeddings": out} if batch else {"embedding": out[0]}
+    return _json_reply("gemini", call, _pretty(obj) + "\n", _GEMINI_JSON)
+
+
 # ---------------------------------------------------------------------------------------------
 # Routing
 # ---------------------------------------------------------------------------------------------
@@ -1327,6 +1345,16 @@ _ROUTES: list[tuple[re.Pattern[str], str, Builder]] = [
         re.compile(r"/v1(?:beta)?/(?:tuned)?[mM]odels/(?P<model>[^/:]+):streamGenerateContent$"),
         "gemini",
         functools.partial(gemini_generate, stream=True),
+    ),
+    (
+        re.compile(r"/v1(?:beta)?/(?:tuned)?[mM]odels/(?P<model>[^/:]+):embedContent$"),
+        "gemini",
+        functools.partial(gemini_embed, batch=False),
+    ),
+    (
+        re.compile(r"/v1(?:beta)?/(?:tuned)?[mM]odels/(?P<model>[^/:]+):batchEmbedContents$"),
+        "gemini",
+        functools.partial(gemini_embed, batch=True),
     ),
 ]
 

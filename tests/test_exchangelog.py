@@ -437,7 +437,7 @@ def test_conversation_embeddings() -> None:
     conv = conversation(exchange_record(make_exchange("embeddings")))
     assert _parts(conv.messages) == [("input", "text", "Tell me a joke.")]
     assert conv.response is not None
-    assert conv.response.parts[0].text.startswith("1 embedding (base64, 1536 float32 dimensions)")
+    assert conv.response.parts[0].text.startswith("1 embedding (1536 dimensions)")
 
 
 def test_conversation_shows_a_gateway_error_page_as_it_came() -> None:

@@ -300,6 +300,23 @@ def test_embeddings_base64_via_sdk(
     assert decoded == as_float32  # the float form is the same float32 values, printed
 
 
+def test_gemini_embed_single_and_batch(http: httpx2.Client) -> None:
+    one = http.post(
+        "/v1beta/models/gemini-embedding-001:embedContent",
+        json={"content": {"parts": [{"text": "hello world"}]}, "outputDimensionality": 8},
+    )
+    assert one.headers["content-type"] == "application/json; charset=UTF-8"
+    assert one.text.endswith("}\n") and '\n  "embedding": {' in one.text  # Gemini's JSON style
+    batch = http.post(
+        "/v1beta/models/gemini-embedding-001:batchEmbedContents",
+        json={"requests": [{"model": "models/gemini-embedding-001", "outputDimensionality": 8,
+                            "content": {"parts": [{"text": t}]}} for t in ("hello world", "bye")]},
+    ).json()  # fmt: skip
+    values = [e["values"] for e in batch["embeddings"]]
+    assert [len(v) for v in values] == [8, 8] and values[0] != values[1]
+    assert values[0] == one.json()["embedding"]["values"]  # deterministic: model and text
+
+
 # ---- Anthropic --------------------------------------------------------------------------------
 
 

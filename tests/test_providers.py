@@ -34,6 +34,7 @@ OPENAI_EMBEDDINGS = Endpoint("openai", "openai.embeddings", "embeddings", "opena
 OPENAI_COMPLETIONS = Endpoint("openai", "openai.completions", "text_completion", "openai")
 ANTHROPIC = Endpoint("anthropic", "anthropic.messages", "chat", "anthropic")
 GEMINI = Endpoint("gemini", "gemini.generate", "generate_content", "gcp.gemini")
+GEMINI_EMBED = Endpoint("gemini", "gemini.embed", "embeddings", "gcp.gemini")
 ALL_ENDPOINTS = [
     OPENAI_CHAT,
     OPENAI_RESPONSES,
@@ -41,6 +42,7 @@ ALL_ENDPOINTS = [
     OPENAI_COMPLETIONS,
     ANTHROPIC,
     GEMINI,
+    GEMINI_EMBED,
 ]
 
 
@@ -188,6 +190,16 @@ def test_usage_sum_and_dict() -> None:
             "gateway.example",
             "/v1beta/models/gemini-2.5-flash:generateContent",
             ("gemini-compatible", "gemini.generate", "generate_content", "gemini-compatible"),
+        ),
+        (
+            "generativelanguage.googleapis.com",
+            "/v1beta/models/gemini-embedding-001:batchEmbedContents",
+            ("gemini", "gemini.embed", "embeddings", "gcp.gemini"),
+        ),
+        (
+            "gateway.example",
+            "/v1beta/models/text-embedding-004:embedContent",
+            ("gemini-compatible", "gemini.embed", "embeddings", "gemini-compatible"),
         ),
         # Case, trailing dots and slashes, stray query strings.
         ("API.OpenAI.com.", "/v1/chat/completions/", ("openai", "openai.chat", "chat", "openai")),

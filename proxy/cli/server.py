@@ -49,6 +49,7 @@ class ProxySettings:
     log_retention: str = "30d"
     log_file: str | None = None
     log_bodies: bool = False
+    log_embeddings: bool = True
     explain_misses: bool = False
     scope_by_credential: bool = False
     max_age: str = ""
@@ -147,6 +148,7 @@ class ProxyServer:
                 llmreel_log_retention=s.log_retention,
                 llmreel_log_file=s.log_file,
                 llmreel_log_bodies=s.log_bodies,
+                llmreel_log_embeddings=s.log_embeddings,
                 llmreel_explain_misses=s.explain_misses,
                 llmreel_scope_by_credential=s.scope_by_credential,
                 llmreel_max_age=s.max_age,

@@ -200,11 +200,12 @@ class Engine:
         v = {**DEFAULTS, **values}
         if "llmreel_store" in updated:
             self._open_store(v["llmreel_store"])
-        if {"llmreel_store", "llmreel_log_retention"} & set(updated):
+        if {"llmreel_store", "llmreel_log_retention", "llmreel_log_embeddings"} & set(updated):
             retention = _duration(v, "llmreel_log_retention")
             # The log lives beside LMDB recordings; an export directory (committed to git) has
             # no log, by design.
-            self._swap_sink("exchange_log", ExchangeLog(self.store, retention_s=retention or None)
+            self._swap_sink("exchange_log", ExchangeLog(self.store, retention_s=retention or None,
+                                                        embeddings=bool(v["llmreel_log_embeddings"]))
                             if isinstance(self.store, LmdbStore) else None)  # fmt: skip
         if {"llmreel_log_file", "llmreel_log_bodies"} & set(updated):
             path = v["llmreel_log_file"]

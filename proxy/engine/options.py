@@ -80,6 +80,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("llmreel_log_bodies", bool, False, "Include request and response bodies in llmreel_log_file."),
     Option(
+        "llmreel_log_embeddings", bool, True,
+        "Keep the vectors of embedding calls in the exchange log, as float32 (about 6 KB per "
+        "1536-dimension vector; `llmreel ui` plots them). Off: the log keeps the texts only.",
+    ),
+    Option(
         "llmreel_explain_misses", bool, False,
         "Also in auto mode, find the closest recording for each miss and log what differs "
         "(offline misses always are). Costs a scan of the namespace per miss.",

@@ -85,8 +85,11 @@ class ExchangeLog:
         retention_s: float | None = DEFAULT_RETENTION_S,
         clock: Callable[[], float] = time.time,
         prune_interval_s: float = PRUNE_INTERVAL_S,
+        embeddings: bool = True,
     ) -> None:
         self.store = store
+        self.embeddings = embeddings
+        """Keep the vectors of embedding calls (as float32); off: stored as null."""
         self.retention = Retention(
             store, LOG_DB, retention_s=retention_s, clock=clock, interval_s=prune_interval_s,
             keep=partial(labelled_ids, store),
@@ -101,7 +104,7 @@ class ExchangeLog:
             # Packing (scrubbing, compressing) happens in the store's writer thread.
             # `size` bounds the writer's queue by what the entry holds until it is packed.
             future = self.store.submit_raw(
-                [(LOG_DB, ex.id.encode(), partial(pack_exchange, ex))],
+                [(LOG_DB, ex.id.encode(), partial(pack_exchange, ex, embeddings=self.embeddings))],
                 size=len(ex.request_body) + len(ex.response_body) + 1024,
             )
         except Exception as exc:  # noqa: BLE001 - a bug here must cost a log line, not a request
@@ -189,7 +192,8 @@ class ExchangeLog:
                 if full:
                     # Bodies are stored raw (see pack_exchange): a streamed answer is spread over
                     # many events, so only the expanded record can be searched.
-                    record = unpack_record(value)
+                    # Vectors become float lists only for a caller that asked for content.
+                    record = unpack_record(value, vectors=content)
                     if not flt.matches_content(record):
                         continue
             except (LogRecordError, orjson.JSONDecodeError) as exc:

@@ -15,6 +15,7 @@ import orjson
 
 from llmreel.core.redact import KEY_HINTS, scrub_text
 from llmreel.log.record import MAX_BODY_BYTES, exchange_head, record_content
+from llmreel.log.vectors import expand_vectors, pack_vectors
 from llmreel.providers import Endpoint
 from llmreel.storage.compress import CompressionError, compress, decompress
 
@@ -40,16 +41,19 @@ class LogRecordError(ValueError):
     """A stored log value that cannot be decoded."""
 
 
-def pack_exchange(ex: Exchange) -> bytes:
+def pack_exchange(ex: Exchange, *, embeddings: bool = True) -> bytes:
     """The stored form of `ex`, made cheaply on the proxy's event loop.
 
     Only the head is built now. The bodies are stored as received, scrubbed of key-shaped
     strings and compressed; parsing them (JSON, SSE events, the assembled answer) is left to
     the reader (`unpack_record`), so a busy proxy pays microseconds, not a parse, per exchange.
+    Embedding responses keep their vectors as float32, or none without `embeddings`
+    (`llmreel.log.vectors`).
     """
     head = exchange_head(ex)
     request_body = _scrub_bytes(ex.request_body[:MAX_BODY_BYTES])
-    response_body = _scrub_bytes(ex.response_body[:MAX_BODY_BYTES])
+    response_body, vectors = pack_vectors(ex.endpoint.api, ex.response_body, keep=embeddings,
+                                          scrub=_scrub_bytes, limit=MAX_BODY_BYTES)  # fmt: skip
     head["_raw"] = {
         # Exchange headers are masked by their producer (`mask_headers`, which also scrubs).
         "request_headers": ex.request_headers,
@@ -57,6 +61,8 @@ def pack_exchange(ex: Exchange) -> bytes:
         "request_len": len(request_body),
         "otel_provider": ex.endpoint.otel_provider,
     }
+    if vectors is not None:
+        head["_raw"]["vectors"] = vectors
     head_json = orjson.dumps(head, default=str)
     payload = request_body + response_body
     codec, packed = compress(payload)
@@ -74,8 +80,12 @@ def _scrub_bytes(body: bytes) -> bytes:
         return scrub_text(body.decode("latin-1")).encode("latin-1", "replace")
 
 
-def unpack_record(data: bytes, *, heavy: bool = True) -> dict[str, Any]:
-    """A record from its stored form; with `heavy=False` only the head (no headers or bodies)."""
+def unpack_record(data: bytes, *, heavy: bool = True, vectors: bool = True) -> dict[str, Any]:
+    """A record from its stored form; with `heavy=False` only the head (no headers or bodies).
+
+    With `vectors=False`, an embedding response's vectors stay as the log keeps them (base64
+    float32 strings) rather than float lists: much faster to read many of.
+    """
     record = _head(data)
     raw = record.pop("_raw", None)
     if not heavy:
@@ -91,6 +101,8 @@ def unpack_record(data: bytes, *, heavy: bool = True) -> dict[str, Any]:
     record["response_headers"] = raw["response_headers"]
     record.update(record_content(endpoint, bodies[:split], bodies[split:], raw["request_headers"],
                                  raw["response_headers"], None))  # fmt: skip
+    if vectors:
+        expand_vectors(record, raw.get("vectors"))
     if record.get("finish_reason") is None and record["assembled"] is not None:
         record["finish_reason"] = record["assembled"]["finish_reason"]
     return record

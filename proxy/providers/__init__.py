@@ -3,9 +3,10 @@ it asks for (`request_model`, `wants_stream`), what its response says (`summariz
 exchange read as a chat (`conversation`).
 
 One module per wire API (`openai_chat`, `openai_completions`, `openai_embeddings`,
-`openai_responses`, `anthropic_messages`, `gemini`) holds both its response summary and its
+`openai_responses`, `anthropic_messages`, `gemini`, `gemini_embed`) holds both its response summary and its
 conversation view; `apis` is the table that picks the module, `hosts` the host map and path
-shapes, `sse` the event-stream parser. Pure: no I/O.
+shapes, `sse` the event-stream parser, `embeddings` the texts and vectors of embedding calls.
+Pure: no I/O.
 
     >>> from llmreel.providers import classify, summarize
     >>> ep = classify("POST", "api.openai.com", "/v1/chat/completions")

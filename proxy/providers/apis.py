@@ -16,6 +16,7 @@ from llmreel.core.calls import Endpoint, ResponseSummary
 from llmreel.providers import (
     anthropic_messages,
     gemini,
+    gemini_embed,
     openai_chat,
     openai_completions,
     openai_embeddings,
@@ -32,6 +33,7 @@ from llmreel.providers.common import (
 )
 from llmreel.providers.hosts import (
     ANTHROPIC_MESSAGES,
+    GEMINI_EMBED,
     GEMINI_GENERATE,
     OPENAI_CHAT,
     OPENAI_COMPLETIONS,
@@ -70,6 +72,7 @@ WIRE_APIS: Final[Mapping[str, WireAPI]] = {
     OPENAI_RESPONSES: openai_responses,
     ANTHROPIC_MESSAGES: anthropic_messages,
     GEMINI_GENERATE: gemini,
+    GEMINI_EMBED: gemini_embed,
 }
 
 

@@ -13,6 +13,8 @@ from llmreel.core.calls import Endpoint
 __all__ = [
     "ANTHROPIC_MESSAGES",
     "DEFAULT_HOSTS",
+    "GEMINI_EMBED",
+    "GEMINI_EMBED_PATH",
     "GEMINI_GENERATE",
     "GEMINI_MODEL_PATH",
     "OPENAI_CHAT",
@@ -32,6 +34,7 @@ OPENAI_EMBEDDINGS: Final = "openai.embeddings"
 OPENAI_COMPLETIONS: Final = "openai.completions"
 ANTHROPIC_MESSAGES: Final = "anthropic.messages"
 GEMINI_GENERATE: Final = "gemini.generate"
+GEMINI_EMBED: Final = "gemini.embed"
 
 # The Responses API has no dedicated OTel operation; "chat" is what it is used for.
 _OPERATION: Final[Mapping[str, str]] = {
@@ -41,6 +44,7 @@ _OPERATION: Final[Mapping[str, str]] = {
     OPENAI_COMPLETIONS: "text_completion",
     ANTHROPIC_MESSAGES: "chat",
     GEMINI_GENERATE: "generate_content",
+    GEMINI_EMBED: "embeddings",
 }
 
 # Well-known gen_ai.provider.name values; providers without one use their own id.
@@ -66,6 +70,7 @@ _COMPATIBLE_PROVIDER: Final[Mapping[str, str]] = {
     OPENAI_COMPLETIONS: "openai-compatible",
     ANTHROPIC_MESSAGES: "anthropic-compatible",
     GEMINI_GENERATE: "gemini-compatible",
+    GEMINI_EMBED: "gemini-compatible",
 }
 
 _DEFAULT_HOST_ENTRIES: Final[Mapping[str, str]] = {
@@ -196,6 +201,10 @@ def clean_path(path: str) -> str:
 GEMINI_MODEL_PATH: Final = re.compile(
     r"/(?:models|tunedModels)/([^/:]+):(generateContent|streamGenerateContent)$"
 )
+# `models/{model}:embedContent` (one text) and `:batchEmbedContents` (several).
+GEMINI_EMBED_PATH: Final = re.compile(
+    r"/(?:models|tunedModels)/([^/:]+):(embedContent|batchEmbedContents)$"
+)
 # On unknown hosts the generic suffixes must follow a version segment ("/v1/responses"), so that
 # e.g. a web app's POST /api/messages is not mistaken for Anthropic traffic.
 _VERSIONED: Final = re.compile(r"/v\d+[a-z0-9]*/(?:responses|embeddings|completions|messages)$")
@@ -218,6 +227,8 @@ def _api_for_path(path: str) -> str | None:
         return ANTHROPIC_MESSAGES
     if path.endswith("Content") and GEMINI_MODEL_PATH.search(path):
         return GEMINI_GENERATE
+    if path.endswith(("embedContent", "EmbedContents")) and GEMINI_EMBED_PATH.search(path):
+        return GEMINI_EMBED
     return None
 
 
@@ -226,7 +237,10 @@ def _classify(provider: str | None, path: str) -> Endpoint | None:
     if api is None:
         return None
     if provider is None:
-        strict = api in (OPENAI_CHAT, GEMINI_GENERATE) or _VERSIONED.search(path) is not None
+        strict = (
+            api in (OPENAI_CHAT, GEMINI_GENERATE, GEMINI_EMBED)
+            or _VERSIONED.search(path) is not None
+        )
         if not strict:
             return None
         provider = _COMPATIBLE_PROVIDER[api]
@@ -243,7 +257,8 @@ def classify(
 
     Only POST can be an LLM call. The API flavour comes from the shape of `path` (suffix match,
     any prefix, query string excluded): `/chat/completions`, `/responses`, `/embeddings`,
-    `/completions`, `/messages`, `/models/{m}:generateContent` and `:streamGenerateContent`.
+    `/completions`, `/messages`, `/models/{m}:generateContent`, `:streamGenerateContent`,
+    `:embedContent` and `:batchEmbedContents`.
     A known host with any other path (`/v1/models`, `/v1/files`, `/v1/messages/count_tokens`)
     is not an LLM call. An unknown host counts only when the shape is unambiguous: any
     `/chat/completions` or Gemini path, or a generic suffix right after a version segment

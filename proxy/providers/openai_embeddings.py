@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llmreel.core.jsonish import as_dict as _dict
 from llmreel.core.jsonish import as_list as _list
 from llmreel.providers import openai_chat
 from llmreel.providers.common import (
@@ -17,6 +16,8 @@ from llmreel.providers.common import (
     ResponseView,
     assembled_response,
 )
+from llmreel.providers.embeddings import describe, response_vectors
+from llmreel.providers.hosts import OPENAI_EMBEDDINGS
 
 __all__ = ["summarize_json", "summarize_stream", "view_request", "view_response"]
 
@@ -42,17 +43,6 @@ def _is_token_list(value: list[Any]) -> bool:
 def view_response(record: Mapping[str, Any]) -> ResponseView:
     body = record.get("response_body")
     if isinstance(body, dict) and isinstance(body.get("data"), list):
-        return Message("response", (Part("text", _vectors(body["data"])),)), None
+        vectors = response_vectors(OPENAI_EMBEDDINGS, body)
+        return Message("response", (Part("text", describe(vectors)),)), None
     return assembled_response(record)
-
-
-def _vectors(data: list[Any]) -> str:
-    dims: set[str] = set()
-    for item in data:
-        vector = _dict(item).get("embedding")
-        if isinstance(vector, list):
-            dims.add(f"{len(vector)} dimensions")
-        elif isinstance(vector, str):
-            dims.add(f"base64, {len(vector) * 3 // 4 // 4} float32 dimensions")
-    noun = "embedding" if len(data) == 1 else "embeddings"
-    return f"{len(data)} {noun}" + (f" ({', '.join(sorted(dims))})" if dims else "")

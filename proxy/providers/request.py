@@ -7,7 +7,13 @@ from typing import Final
 from urllib.parse import unquote
 
 from llmreel.core.calls import Endpoint
-from llmreel.providers.hosts import GEMINI_GENERATE, GEMINI_MODEL_PATH, clean_path
+from llmreel.providers.hosts import (
+    GEMINI_EMBED,
+    GEMINI_EMBED_PATH,
+    GEMINI_GENERATE,
+    GEMINI_MODEL_PATH,
+    clean_path,
+)
 
 __all__ = ["request_model", "wants_stream"]
 
@@ -24,6 +30,10 @@ def request_model(ep: Endpoint, path: str, body: object) -> str | None:
     clean = clean_path(path)
     if ep.api == GEMINI_GENERATE:
         m = GEMINI_MODEL_PATH.search(clean)
+        if m:
+            return unquote(m.group(1))
+    if ep.api == GEMINI_EMBED:
+        m = GEMINI_EMBED_PATH.search(clean)
         if m:
             return unquote(m.group(1))
     if isinstance(body, dict):

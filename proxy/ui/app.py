@@ -40,6 +40,8 @@ from llmreel.log.exchangelog import ExchangeLog
 from llmreel.log.labels import LabelError, Labels, Target
 from llmreel.storage.lmdbstore import LmdbStore
 from llmreel.ui import playground, render
+from llmreel.ui.embeddings import Explorer
+from llmreel.ui.embpages import routes as embedding_routes
 from llmreel.ui.index import Index, Indexer
 from llmreel.ui.queries import (
     ExchangeQuery,
@@ -86,6 +88,7 @@ class UiState:
         self.indexer = Indexer(
             self.index, self.log, self.labels, interval_s=settings.index_interval_s
         )
+        self.explorer = Explorer(self.index.connect, self.log)
         self.csrf = secrets.token_urlsafe(32)
         #: Called by close(), e.g. to stop the playground's proxy.
         self.closers: list[Callable[[], None]] = []
@@ -108,6 +111,7 @@ class UiState:
         for closer in self.closers:
             closer()
         self.indexer.stop()
+        self.explorer.close()
         with self._conns_lock:
             for conn in self._conns:
                 conn.close()
@@ -240,6 +244,7 @@ def create_app(settings: UiSettings, state: UiState | None = None) -> Starlette:
         Route("/api/threads/{id:path}", thread_page),
         Route("/api/events", events),
         *playground.routes(ui, page, problem),
+        *embedding_routes(ui, page, problem),
         Mount("/static", StaticFiles(directory=_STATIC, follow_symlink=True), name="static"),
     ]
     middleware = [Middleware(SecurityHeaders)]

@@ -32,6 +32,7 @@ from llmreel.log.linking import Fingerprint, Turn, fingerprint, messages_of
 from llmreel.log.packing import LogRecordError, unpack_record
 from llmreel.log.record import record_unix
 from llmreel.providers import Message, conversation
+from llmreel.ui import embindex
 
 __all__ = ["INDEX_FILE", "Index", "Indexer", "message_dict"]
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE: Final = "ui-index.sqlite3"
 #: Bump to rebuild every index made by an earlier version.
-SCHEMA: Final = 2
+SCHEMA: Final = 3
 #: Entries may be committed a little after newer ones (batched writers, several proxies): look
 #: back this far for ids not indexed yet.
 LOOKBACK_S: Final = 10.0
@@ -100,7 +101,7 @@ class Index:
             version = self._version(conn)
             if version is not None and version != SCHEMA:
                 self._drop(conn)
-            conn.executescript(_DDL)
+            conn.executescript(_DDL + embindex.DDL)
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA),))
 
     def connect(self) -> sqlite3.Connection:
@@ -121,7 +122,7 @@ class Index:
 
     @staticmethod
     def _drop(conn: sqlite3.Connection) -> None:
-        for table in ("meta", "ex", "steps", "facets", "threads", "labels", "fts"):
+        for table in ("meta", "ex", "steps", "facets", "threads", "labels", "fts", *embindex.TABLES):  # fmt: skip
             conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
@@ -197,7 +198,7 @@ class Indexer:
             if ident in known:
                 continue
             try:
-                record = unpack_record(value)
+                record = unpack_record(value, vectors=False)  # embindex reads them packed
             except (LogRecordError, orjson.JSONDecodeError, ValueError) as exc:
                 log.warning("skipping unreadable log entry %s: %s", ident, exc)
                 known.add(ident)
@@ -230,6 +231,7 @@ class Indexer:
                     (floor,),
                 )
             self._conn.execute("DELETE FROM ex WHERE id < ?", (floor,))
+            embindex.forget_before(self._conn, floor)
 
     def _add(self, conn: sqlite3.Connection, record: Mapping[str, Any]) -> None:
         conv = conversation(record)
@@ -273,6 +275,7 @@ class Indexer:
              branch, int(fork), fp.continuation, fp.length),
         )  # fmt: skip
         conn.execute("INSERT INTO steps VALUES (?, ?)", (cur.lastrowid, orjson.dumps(step)))
+        embindex.add(conn, cur.lastrowid, record)
         conn.execute(
             "INSERT INTO fts(rowid, text) VALUES (?, ?)", (cur.lastrowid, _text(step, record))
         )
