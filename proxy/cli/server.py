@@ -19,7 +19,12 @@ from mitmproxy.tools.dump import DumpMaster
 
 from llmreel.cli.clientenv import private_dir
 from llmreel.cli.reverse import Reverse
-from llmreel.engine.options import DEFAULT_MAX_RECORD_BYTES
+from llmreel.engine.options import (
+    DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_SHARED_MAX_BYTES,
+    DEFAULT_SHARED_TIMEOUT_MS,
+)
+from llmreel.storage.shared import masked
 
 log = logging.getLogger("llmreel")
 
@@ -59,6 +64,10 @@ class ProxySettings:
     control_port: int = -1
     """The control API's port on 127.0.0.1 (0: a free one; -1: off)."""
     proxy_auth: str | None = None
+    shared: str = ""
+    """The shared tier's Redis URL (docs/shared.md); empty: off."""
+    shared_timeout_ms: int = DEFAULT_SHARED_TIMEOUT_MS
+    shared_max_bytes: int = DEFAULT_SHARED_MAX_BYTES
     sets: Sequence[str] = ()
     """Raw mitmproxy `NAME=VALUE` options, applied last."""
 
@@ -80,6 +89,8 @@ class Running:
     ca_cert: str = ""
     store: str = ""
     mode: str = ""
+    shared: str = ""
+    """The shared tier's URL, its password masked."""
 
     @property
     def proxy_url(self) -> str:
@@ -93,6 +104,7 @@ class Running:
             f"llmreel ready: {', '.join(parts)} | mode {self.mode} | store {self.store} | "
             f"metrics {self.metrics_url or 'off'} | "
             + (f"control {self.control_url} | " if self.control_url else "")
+            + (f"shared {self.shared} | " if self.shared else "")
             + f"CA {self.ca_cert}"
         )
 
@@ -150,6 +162,9 @@ class ProxyServer:
                 llmreel_budget_usd=s.budget_usd,
                 llmreel_replay_pace=s.replay_pace,
                 llmreel_control_port=s.control_port,
+                llmreel_shared=s.shared,
+                llmreel_shared_timeout_ms=s.shared_timeout_ms,
+                llmreel_shared_max_bytes=s.shared_max_bytes,
             )
             if s.proxy_auth:
                 master.options.update(proxyauth=s.proxy_auth)
@@ -183,6 +198,7 @@ class ProxyServer:
         running = Running(
             store=str(Path(s.store).resolve()),
             mode=s.mode,
+            shared=masked(s.shared) if s.shared else "",
             ca_cert=str(Path(os.path.expanduser(s.confdir)) / "mitmproxy-ca-cert.pem"),
         )
         for srv in proxyserver.servers:

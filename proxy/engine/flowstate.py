@@ -40,6 +40,8 @@ class FlowState:
     tee: StreamTee | None = None
     lease: Lease | None = None
     """Set while this request leads the single flight for its key."""
+    remote_lease: Any = None
+    """The shared tier's lease (engine/shared.py) while this request leads across machines."""
     request_body: bytes = b""
     """The request body, content-decoded (read once)."""
     seq: int = 0
@@ -65,3 +67,6 @@ class FlowState:
         if self.lease is not None:
             self.lease.release(recorded)
             self.lease = None
+        if self.remote_lease is not None:
+            self.remote_lease.release(recorded)
+            self.remote_lease = None
