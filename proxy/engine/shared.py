@@ -88,7 +88,9 @@ def configure_shared(
     log.info(
         "shared tier: %s (timeout %d ms, values up to %d bytes)", masked(url), timeout_ms, max_bytes
     )
-    return SharedTier(client, metrics)
+    tier = SharedTier(client, metrics)
+    tier.warm_up()
+    return tier
 
 
 async def lookup_shared(
@@ -301,6 +303,9 @@ class SharedTier:
         try:
             won = await self.timed("lease", self.client.acquire(name, token, LEASE_TTL_MS))
         except SharedError:
+            # The SET may have reached Redis before the timeout: drop it if it did, or others
+            # would wait out its life for a leader that is not there.
+            self.spawn(self.client.forget(name, token))
             return _NoLease()
         return SharedLease(self, flight, name, token) if won else None
 
@@ -312,6 +317,11 @@ class SharedTier:
             return await self.timed("lease", self.client.exists(lease_key(*flight)))
         except SharedError:
             return False
+
+    def warm_up(self) -> None:
+        """Connect in the background, so that the first request does not pay for it."""
+        with contextlib.suppress(RuntimeError):  # no loop: the first request connects
+            self.spawn(self.client.ping())
 
     async def wait(self, flight: Flight) -> None:
         """Until no other process holds the lease on `flight`: its leader released it (after

@@ -21,6 +21,7 @@ Redis costs a request nothing but a clock read. Errors leave it as `SharedError`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import time
@@ -254,6 +255,18 @@ class SharedClient:
 
     async def release(self, name: str, token: str) -> None:
         await self.call(lambda: self.redis.eval(_RELEASE, 1, name, token))
+
+    async def forget(self, name: str, token: str) -> None:
+        """Best effort, past the breaker and with a longer timeout: release a lease whose
+        acquisition timed out (it may have been set all the same)."""
+        with contextlib.suppress(rexc.RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(max(1.0, self.timeout_s)):
+                await self.redis.eval(_RELEASE, 1, name, token)
+
+    async def ping(self) -> None:
+        """Open a first connection (a failure only opens the breaker)."""
+        with contextlib.suppress(SharedError):
+            await self.call(self.redis.ping, timeout_s=max(1.0, self.timeout_s))
 
     async def exists(self, name: str) -> bool:
         return bool(await self.call(lambda: self.redis.exists(name)))
