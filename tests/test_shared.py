@@ -50,13 +50,17 @@ TIMEOUT = ("--shared-timeout", "2000")
 # --- fast unit tests: keys, values, URLs, the breaker -----------------------------------------
 
 
-def rec(namespace: str = "default", key: str = "ab" * 32, seq: int = 0, body: bytes = b"{}") -> Recording:
+def rec(
+    namespace: str = "default", key: str = "ab" * 32, seq: int = 0, body: bytes = b"{}"
+) -> Recording:
     return Recording(key=key, namespace=namespace, request={"method": "POST", "path": "/v1/x"}, status=200,
                      headers=[("content-type", "application/json")], body=body, recorded_at=1000.0,
                      provider="openai", model="gpt-4o-mini", seq=seq)  # fmt: skip
 
 
-@pytest.mark.parametrize("namespace", ["default", "team:a", "a*b?[c]\\d", "ci@0123abcd", "x%3Ay", "é/ü"])
+@pytest.mark.parametrize(
+    "namespace", ["default", "team:a", "a*b?[c]\\d", "ci@0123abcd", "x%3Ay", "é/ü"]
+)
 def test_recording_keys_round_trip_and_match_one_namespace(namespace: str) -> None:
     key = recording_key(namespace, "ab" * 32, 3)
     assert key.startswith("llmreel:v1:rec:")
@@ -172,7 +176,9 @@ def redis_server(tmp_path: Path) -> Iterator[Redis]:
 class Serve:
     """A real `llmreel serve` process with its own LMDB store."""
 
-    def __init__(self, tmp: Path, name: str, confdir: Path, fake: FakeUpstream, *extra: str) -> None:
+    def __init__(
+        self, tmp: Path, name: str, confdir: Path, fake: FakeUpstream, *extra: str
+    ) -> None:
         self.metrics_port = free_port()
         self.store = tmp / name
         args = ["--port", "0", "--metrics-port", str(self.metrics_port), "--store", str(self.store),
@@ -217,8 +223,12 @@ def serve(tmp_path: Path, confdir: Path, fake: FakeUpstream) -> Iterator[Callabl
             assert PASSWORD not in stderr
 
 
-def chat(fake: FakeUpstream, proxy: Serve, bundle: str, prompt: str, **headers: str) -> httpx.Response:
-    with httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=bundle), timeout=60) as client:
+def chat(
+    fake: FakeUpstream, proxy: Serve, bundle: str, prompt: str, **headers: str
+) -> httpx.Response:
+    with httpx.Client(
+        proxy=proxy.url, verify=ssl.create_default_context(cafile=bundle), timeout=60
+    ) as client:
         return client.post(f"{fake.url}/v1/chat/completions", headers=headers,
                            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]})  # fmt: skip
 
@@ -252,11 +262,16 @@ def test_two_proxies_share_recordings_and_offline_mode_reads_redis(
 def test_single_flight_across_two_proxies(
     redis_server: Redis, serve: Callable[..., Serve], fake: FakeUpstream, bundle: str
 ) -> None:
-    proxies = [serve("a", "--shared", redis_server.url, *TIMEOUT), serve("b", "--shared", redis_server.url, *TIMEOUT)]
+    proxies = [
+        serve("a", "--shared", redis_server.url, *TIMEOUT),
+        serve("b", "--shared", redis_server.url, *TIMEOUT),
+    ]
 
     def call(i: int) -> httpx.Response:
         # x-fake-delay-ms keeps the leader's call in flight while the others arrive.
-        return chat(fake, proxies[i % 2], bundle, "the same question", **{"x-fake-delay-ms": "1500"})
+        return chat(
+            fake, proxies[i % 2], bundle, "the same question", **{"x-fake-delay-ms": "1500"}
+        )
 
     with ThreadPoolExecutor(20) as pool:
         replies = list(pool.map(call, range(20)))
@@ -299,7 +314,10 @@ def test_a_value_over_the_limit_stays_local(
     b = serve("b", "--shared", redis_server.url, *TIMEOUT)
     big = {"x-fake-body-bytes": "20000"}
     assert chat(fake, a, bundle, "a long answer", **big).headers["llmreel-cache"] == "miss"
-    wait_until(lambda: a.metric('llmreel_shared_errors_total{reason="too_large"}') == 1, "too_large counted")
+    wait_until(
+        lambda: a.metric('llmreel_shared_errors_total{reason="too_large"}') == 1,
+        "too_large counted",
+    )
     assert chat(fake, a, bundle, "a long answer", **big).headers["llmreel-cache"] == "hit"  # local
     assert chat(fake, b, bundle, "a long answer", **big).headers["llmreel-cache"] == "miss"
     assert len(fake.requests) == 2
@@ -311,10 +329,14 @@ def test_push_and_pull_round_trip(redis_server: Redis, tmp_path: Path) -> None:
     with LmdbStore(str(source)) as store:
         store.put_many(recs)
     runner = CliRunner()
-    pushed = runner.invoke(main, ["cache", "push", "--shared", redis_server.url, "--store", str(source)])
+    pushed = runner.invoke(
+        main, ["cache", "push", "--shared", redis_server.url, "--store", str(source)]
+    )
     assert pushed.exit_code == 0, pushed.output
     assert "pushed 6 recordings" in pushed.output and PASSWORD not in pushed.output
-    pulled = runner.invoke(main, ["cache", "pull", "--shared", redis_server.url, "--store", str(tmp_path / "copy")])
+    pulled = runner.invoke(
+        main, ["cache", "pull", "--shared", redis_server.url, "--store", str(tmp_path / "copy")]
+    )
     assert pulled.exit_code == 0, pulled.output
     assert "pulled 6 recordings" in pulled.output
     with LmdbStore(str(tmp_path / "copy")) as copy:
