@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Hashable
 from types import TracebackType
+from typing import Protocol
 
 
 class Lease:
@@ -83,3 +84,33 @@ class SingleFlight:
     def _drop(self, key: Hashable, future: asyncio.Future[bool]) -> None:
         if self._leaders.get(key) is future:
             del self._leaders[key]
+
+
+# --- beyond one event loop ------------------------------------------------------------------------
+
+
+class RemoteLease(Protocol):
+    """A leader's claim held outside this process (a lock file, a Redis key)."""
+
+    def release(self) -> None:
+        """Give the claim up. Must not block: schedule slow work (a network call) on the loop."""
+
+
+class RemoteFlights(Protocol):
+    """Single flight beyond this event loop: worker processes (a lock file) or machines (Redis).
+
+    The engine asks each tier in turn, after it leads the local single flight. A tier that
+    cannot answer (a dead Redis) must not fail the call: `lead` then returns a lease that holds
+    nothing, and `held` returns False, so the request goes on upstream as if it led.
+    """
+
+    async def lead(self, key: str) -> RemoteLease | None:
+        """Claim `key`, or None when another process or machine holds it."""
+
+    async def held(self, key: str) -> bool:
+        """Whether someone still holds `key` (a follower stops waiting when it is freed)."""
+
+
+def flight_key(namespace: str, key: str, seq: int) -> str:
+    """The one name of a flight outside the process: the same in every worker and machine."""
+    return f"{namespace}\x1f{key}\x1f{seq}"

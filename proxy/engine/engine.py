@@ -38,7 +38,7 @@ from llmreel.core.lookup import Found, lookup
 from llmreel.core.modes import CONTROLS, MODES, plan
 from llmreel.core.pacing import parse_pace
 from llmreel.core.redact import credential_of, credential_scope, mask_headers
-from llmreel.core.singleflight import SingleFlight
+from llmreel.core.singleflight import RemoteFlights, SingleFlight, flight_key
 from llmreel.core.timeparse import parse_duration
 from llmreel.core.wire import (
     CONTEXT_HEADER,
@@ -73,6 +73,7 @@ from llmreel.providers import (
     wants_stream,
 )
 from llmreel.providers.hosts import parse_host_mappings
+from llmreel.storage.leases import FileFlights, lease_dir
 from llmreel.storage.lmdbstore import LmdbStore, Store, StoreError, validate_namespace
 from llmreel.storage.records import Recording
 from llmreel.storage.stores import open_store
@@ -81,6 +82,8 @@ from llmreel.storage.usedtimes import UsedTimes
 log = logging.getLogger("llmreel")
 
 SINGLE_FLIGHT_WAIT_S = 600.0
+#: How often a follower of another process's flight looks for its recording.
+REMOTE_POLL_S = 0.02
 #: Distinct requests whose occurrences sequence mode counts; past it the oldest counts restart.
 SEQUENCE_CAP = 200_000
 #: Distinct keys whose staleness (`--max-age`) is warned about once.
@@ -141,6 +144,9 @@ class Engine:
         self.accountant = Accountant(self.metrics, self.report)
         self.accountant.sinks.append(self._remember)
         self.flights = SingleFlight(SINGLE_FLIGHT_WAIT_S)
+        self._file_flights: FileFlights | None = None
+        self.extra_flights: list[RemoteFlights] = []
+        """Single-flight tiers beyond the machine (a shared Redis), asked after the lock files."""
         self.key_config = KeyConfig()
         self.hosts: HostMap = DEFAULT_HOSTS
         self.mode = "auto"
@@ -213,7 +219,12 @@ class Engine:
             except ValueError as exc:
                 raise ConfigError(f"llmreel_hosts: {exc}") from exc
         # >>> shared tier (engine/shared.py)
-        self.shared = configure_shared(self.shared, v, updated, self.metrics)
+        shared = configure_shared(self.shared, v, updated, self.metrics)
+        if shared is not self.shared:
+            self.extra_flights[:] = [t for t in self.extra_flights if t is not self.shared]
+            self.shared = shared
+            if shared is not None:  # single flight across machines, after the lock files
+                self.extra_flights.append(shared)
         # <<< shared tier
         if {"llmreel_scope_by_credential", "llmreel_store", "llmreel_shared"} & set(updated):
             self._scope_salt = None
@@ -285,6 +296,7 @@ class Engine:
         except StoreError as exc:
             raise ConfigError(str(exc)) from exc
         self._used = UsedTimes(self.store, wall=self._wall)
+        self._file_flights = FileFlights(lease_dir(path))
 
     def _close_store(self) -> None:
         if self.store is None:
@@ -295,6 +307,7 @@ class Engine:
         self.store.close()
         self.store = None
         self._used = None
+        self._file_flights = None
 
     def _store_stats(self) -> Any:
         store = self.store
@@ -316,6 +329,7 @@ class Engine:
     def close(self) -> None:
         self.control.close()
         if self.shared is not None:
+            self.extra_flights.remove(self.shared)
             self.shared.close_soon()
             self.shared = None
         if self.pacer is not None:
@@ -431,9 +445,11 @@ class Engine:
                 if state.plan.record:
                     state.lease = self.flights.lead(state.flight)
                     if state.lease is not None:
-                        if await self._lead_shared(state):
+                        rec = await self._lead_remote(state)
+                        if rec is None:
                             break
-                        continue  # another machine's leader finished: look again
+                        state.release(True)  # local followers look again and find it
+                        return self._hit(state, rec)
                 # Single flight: an identical request is already on its way upstream. Wait for
                 # it, then serve its recording instead of paying for the same call twice. If it
                 # recorded nothing (an error), look again: one waiter becomes the next leader.
@@ -456,21 +472,41 @@ class Engine:
         state.forwarded_at = self._clock()
         return None
 
-    async def _lead_shared(self, state: FlowState) -> bool:
-        """Shared tier: whether this request also leads across machines. If another proxy
-        leads, wait until its lease is gone (its recording is then in Redis) and say False."""
-        if self.shared is None:
-            return True
-        try:
-            state.remote_lease = await self.shared.lead(state.flight)
-            if state.remote_lease is not None:
-                return True
-            await self.shared.wait(state.flight)
-        except BaseException:
-            state.release(False)
-            raise
-        state.release(False)
-        return False
+    @property
+    def remote_flights(self) -> list[RemoteFlights]:
+        """The single-flight tiers beyond this process, in the order they are asked: the
+        machine's lock files, then any shared tier in `extra_flights` (Redis)."""
+        tiers: list[RemoteFlights] = [self._file_flights] if self._file_flights else []
+        return tiers + self.extra_flights
+
+    async def _lead_remote(self, state: FlowState) -> Recording | None:
+        """Lead this flight in every tier beyond the process, or wait for whoever leads it.
+
+        A follower polls the lookup (which sees other processes' commits) until the recording
+        appears, and stops waiting when the lease is freed (its leader recorded nothing or
+        died: it then tries to lead) or after the single flight's deadline (it then goes
+        upstream without the lease). Returns the recording the other leader made, if any.
+        """
+        tiers = self.remote_flights
+        if not tiers:
+            return None
+        key = flight_key(*state.flight)
+        deadline = self._clock() + self.flights.wait_s
+        for tier in tiers:
+            while (lease := await tier.lead(key)) is None:
+                while self._clock() < deadline and await tier.held(key):
+                    await asyncio.sleep(REMOTE_POLL_S)
+                    if (rec := await self._lookup(state)) is not None:
+                        state.release_remote()
+                        return rec
+                if (rec := await self._lookup(state)) is not None:
+                    state.release_remote()
+                    return rec
+                if self._clock() >= deadline:
+                    break
+            if lease is not None:
+                state.remote.append(lease)
+        return None
 
     def _over_budget(self, state: FlowState) -> ErrorReply:
         assert self.budget_usd is not None

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmreel.core.modes import Plan
-from llmreel.core.singleflight import Lease
+from llmreel.core.singleflight import Lease, RemoteLease
 from llmreel.core.wire import StreamTee
 from llmreel.providers import Endpoint
 from llmreel.storage.records import Recording
@@ -40,8 +40,8 @@ class FlowState:
     tee: StreamTee | None = None
     lease: Lease | None = None
     """Set while this request leads the single flight for its key."""
-    remote_lease: Any = None
-    """The shared tier's lease (engine/shared.py) while this request leads across machines."""
+    remote: list[RemoteLease] = field(default_factory=list)
+    """Its leases on the same flight beyond this process (other workers, other machines)."""
     request_body: bytes = b""
     """The request body, content-decoded (read once)."""
     seq: int = 0
@@ -64,9 +64,12 @@ class FlowState:
 
     def release(self, recorded: bool) -> None:
         """End this request's lead of the single flight (no-op when it does not lead)."""
+        self.release_remote()
         if self.lease is not None:
             self.lease.release(recorded)
             self.lease = None
-        if self.remote_lease is not None:
-            self.remote_lease.release(recorded)
-            self.remote_lease = None
+
+    def release_remote(self) -> None:
+        """End its leads beyond this process (before the local one: followers there poll)."""
+        while self.remote:
+            self.remote.pop().release()

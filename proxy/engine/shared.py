@@ -6,7 +6,7 @@ The engine calls three things, and nothing here can fail a call:
 - `publish` after a recording was committed locally: a background SET (a TTL from --max-age),
   never awaited by the client; its lease is released only when the SET has completed, so a
   proxy waiting on the lease finds the recording once the lease is gone;
-- `lead` / `held` (the `RemoteFlights` shape): a lease in Redis per request, so that identical
+- `lead` / `held` (a `core.singleflight.RemoteFlights`, in `Engine.extra_flights`): a lease in Redis per request, so that identical
   misses on several machines make one upstream call. `SET NX PX`, renewed every third of its
   life while the leader streams, released by compare-and-delete.
 
@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from llmreel.core.lookup import Found, lookup
+from llmreel.core.singleflight import flight_key
 from llmreel.engine.options import ConfigError
 from llmreel.log.throttle import ThrottledLog
 from llmreel.metering.metrics import Metrics
@@ -50,9 +51,6 @@ log = logging.getLogger("llmreel")
 
 #: A lease lives this long unless renewed: how long followers wait for a leader that crashed.
 LEASE_TTL_MS: Final = 10_000
-#: Followers poll the lookup this often (growing to `POLL_MAX_S`) while a lease is held.
-POLL_START_S: Final = 0.02
-POLL_MAX_S: Final = 0.25
 #: Sequence mode looks back through at most this many earlier occurrences in one MGET.
 MAX_SEQ_LOOKBACK: Final = 64
 
@@ -151,7 +149,7 @@ class SharedLease:
     after this flight's pending Redis write (so followers that see the lease gone find the
     recording)."""
 
-    def __init__(self, tier: SharedTier, flight: Flight, name: str, token: str) -> None:
+    def __init__(self, tier: SharedTier, flight: str, name: str, token: str) -> None:
         self._tier = tier
         self._flight = flight
         self._name = name
@@ -203,7 +201,7 @@ class SharedTier:
         self._wall = wall
         self._errors = ThrottledLog(log)
         self._tasks: set[asyncio.Task[None]] = set()
-        self.pending: dict[Flight, asyncio.Task[None]] = {}
+        self.pending: dict[str, asyncio.Task[None]] = {}
         """Redis writes in progress, by flight: a lease is released after its write."""
 
     @property
@@ -266,7 +264,9 @@ class SharedTier:
         (self.metrics.shared_hits if hit else self.metrics.shared_misses).inc()
 
     def publish(self, rec: Recording, flight: Flight | None = None) -> None:
-        """Write `rec` to Redis in the background (after its local commit)."""
+        """Write `rec` to Redis in the background (after its local commit); a lease on
+        `flight` is released after the write."""
+        pending = flight_key(*flight) if flight is not None else None
         if not self.client.available:
             return
         try:
@@ -285,21 +285,21 @@ class SharedTier:
             except SharedError:
                 pass
             finally:
-                if flight is not None and self.pending.get(flight) is task:
-                    del self.pending[flight]
+                if pending is not None and self.pending.get(pending) is task:
+                    del self.pending[pending]
 
         task = self.spawn(write())
-        if flight is not None:
-            self.pending[flight] = task
+        if pending is not None:
+            self.pending[pending] = task
 
     # --- single flight across machines (the RemoteFlights shape) -------------------------------
 
-    async def lead(self, flight: Flight) -> SharedLease | _NoLease | None:
+    async def lead(self, flight: str) -> SharedLease | _NoLease | None:
         """A lease on `flight`, or None when another process holds it. When Redis cannot be
         asked, a lease that holds nothing: going upstream is better than waiting."""
         if not self.client.available:
             return _NoLease()
-        name, token = lease_key(*flight), new_token()
+        name, token = _lease_name(flight), new_token()
         try:
             won = await self.timed("lease", self.client.acquire(name, token, LEASE_TTL_MS))
         except SharedError:
@@ -309,12 +309,12 @@ class SharedTier:
             return _NoLease()
         return SharedLease(self, flight, name, token) if won else None
 
-    async def held(self, flight: Flight) -> bool:
+    async def held(self, flight: str) -> bool:
         """Whether another process still holds the lease (False when Redis cannot be asked)."""
         if not self.client.available:
             return False
         try:
-            return await self.timed("lease", self.client.exists(lease_key(*flight)))
+            return await self.timed("lease", self.client.exists(_lease_name(flight)))
         except SharedError:
             return False
 
@@ -322,14 +322,6 @@ class SharedTier:
         """Connect in the background, so that the first request does not pay for it."""
         with contextlib.suppress(RuntimeError):  # no loop: the first request connects
             self.spawn(self.client.ping())
-
-    async def wait(self, flight: Flight) -> None:
-        """Until no other process holds the lease on `flight`: its leader released it (after
-        writing its recording to Redis), or crashed and the lease expired."""
-        delay = POLL_START_S
-        while await self.held(flight):
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, POLL_MAX_S)
 
     def salt(self, local: bytes) -> bytes:
         """The --scope-by-credential salt shared by every proxy on this Redis, so a credential
@@ -353,3 +345,9 @@ class SharedTier:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(task), 1.0)
         await self.client.close()
+
+
+def _lease_name(flight: str) -> str:
+    """The Redis key of the lease on a `core.singleflight.flight_key`."""
+    namespace, key, seq = flight.rsplit("\x1f", 2)
+    return lease_key(namespace, key, int(seq))
