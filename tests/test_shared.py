@@ -348,3 +348,29 @@ def test_push_and_pull_round_trip(redis_server: Redis, tmp_path: Path) -> None:
                                "--store", str(tmp_path / "none")])  # fmt: skip
     assert bad.exit_code == 1 and "cannot reach redis://***@127.0.0.1" in bad.output
     assert PASSWORD not in bad.output
+
+
+def test_a_crashed_leaders_lease_expires_and_a_follower_takes_over(
+    redis_server: Redis, serve: Callable[..., Serve], fake: FakeUpstream, bundle: str
+) -> None:
+    a = serve("a", "--shared", redis_server.url, *TIMEOUT)
+    b = serve("b", "--shared", redis_server.url, *TIMEOUT)
+    slow = {"x-fake-delay-ms": "30000"}  # the leader is still waiting on it when it dies
+    with ThreadPoolExecutor(2) as pool:
+        leader = pool.submit(chat, fake, a, bundle, "who leads?", **slow)
+        wait_until(lambda: len(fake.requests) == 1, "the leader's call upstream")
+        leases = redis_server.client().keys("llmreel:v1:lease:*")  # type: ignore[attr-defined]
+        assert len(leases) == 1
+        follower = pool.submit(chat, fake, b, bundle, "who leads?", **{"x-fake-delay-ms": "0"})
+        wait_until(
+            lambda: b.metric('llmreel_shared_seconds_count{op="lease"}') >= 2,
+            "b waiting on the lease",
+        )
+        assert not follower.done()
+        a.proc.send_signal(signal.SIGKILL)  # the leader dies without releasing its lease
+        a.proc.wait(10)
+        with pytest.raises(httpx.HTTPError):
+            leader.result(60)
+        reply = follower.result(60)  # after the lease's life (10 s), b leads and goes upstream
+    assert reply.status_code == 200 and reply.headers["llmreel-cache"] == "miss"
+    assert len(fake.requests) == 2
