@@ -7,6 +7,8 @@ port, with a password, no files, and stops it by its PID.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import signal
 import ssl
@@ -19,8 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
+from prometheus_client import CollectorRegistry
 
 from llmreel.cli.main import main
+from llmreel.engine import DEFAULTS, Engine, FlowState, ResponseInfo
 from llmreel.storage.lmdbstore import LmdbStore
 from llmreel.storage.records import Recording
 from llmreel.storage.shared import (
@@ -39,6 +43,7 @@ from llmreel.storage.shared import (
 from tests.conftest import need_binary, wait_until
 from tests.fakeupstream import FakeUpstream
 from tests.test_cli import LLMREEL, free_port
+from tests.test_engine import CHAT_RESPONSE, JSON_HEADERS, begin, sample
 
 PASSWORD = "s3cret-redis-pw"
 #: The machines that run the tests are shared and loaded: a Redis round trip can take longer than
@@ -374,3 +379,89 @@ def test_a_crashed_leaders_lease_expires_and_a_follower_takes_over(
         reply = follower.result(60)  # after the lease's life (10 s), b leads and goes upstream
     assert reply.status_code == 200 and reply.headers["llmreel-cache"] == "miss"
     assert len(fake.requests) == 2
+
+
+# --- the engine with a real Redis, without mitmproxy --------------------------------------------
+
+
+def engine_with(tmp: Path, name: str, url: str, **values: object) -> Engine:
+    eng = Engine(registry=CollectorRegistry())
+    settings = {
+        "llmreel_store": str(tmp / name),
+        "llmreel_shared": url,
+        "llmreel_shared_timeout_ms": 2000,
+    }
+    eng.configure({**settings, **values}, DEFAULTS.keys())
+    return eng
+
+
+async def record_one(eng: Engine) -> FlowState:
+    state = begin(eng)
+    assert await eng.decide(state) is None
+    eng.finish(state, ResponseInfo(200, JSON_HEADERS, json.dumps(CHAT_RESPONSE).encode()))
+    async with asyncio.timeout(30):
+        while not sample(eng, "llmreel_shared_writes_total"):
+            await asyncio.sleep(0.01)
+    return state
+
+
+async def test_engine_reads_redis_after_a_local_miss_and_copies_the_recording(
+    redis_server: Redis, tmp_path: Path
+) -> None:
+    a = engine_with(tmp_path, "a", redis_server.url)
+    b = engine_with(tmp_path, "b", redis_server.url)
+    try:
+        state = await record_one(a)
+        hit = await b.decide(begin(b))
+        assert isinstance(hit, Recording) and hit.key == state.key and hit.request
+        assert sample(b, "llmreel_shared_hits_total") == 1
+        assert b.store is not None
+        b.store.flush(10)
+        assert b.store.get(state.namespace, state.key) is not None  # copied into b's LMDB
+        assert await b.decide(begin(b)) is not None
+        assert sample(b, "llmreel_shared_hits_total") == 1  # the second one was local
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_engine_max_age_is_a_ttl_and_offline_mode_serves_stale_recordings(
+    redis_server: Redis, tmp_path: Path
+) -> None:
+    a = engine_with(tmp_path, "a", redis_server.url, llmreel_max_age="1h")
+    client = redis_server.client()
+    try:
+        state = await record_one(a)
+        name = recording_key(state.namespace, state.key)
+        assert 0 < client.pttl(name) <= 3600_000  # type: ignore[attr-defined]
+        # An old recording (put there by hand, without a TTL) is a miss in auto mode...
+        old = decode(client.get(name))  # type: ignore[attr-defined]
+        old.recorded_at -= 7200
+        client.set(name, encode(old, 1 << 20))  # type: ignore[attr-defined]
+        auto = engine_with(tmp_path, "auto", redis_server.url, llmreel_max_age="1h")
+        fresh = begin(auto)
+        assert await auto.decide(fresh) is None
+        fresh.release(False)
+        # ...and served, stale, offline.
+        offline = engine_with(
+            tmp_path, "off", redis_server.url, llmreel_max_age="1h", llmreel_mode="offline"
+        )
+        assert isinstance(await offline.decide(begin(offline)), Recording)
+        for eng in (auto, offline):
+            eng.close()
+    finally:
+        a.close()
+
+
+async def test_engine_with_redis_down_goes_on_and_backs_off(tmp_path: Path) -> None:
+    eng = engine_with(tmp_path, "a", f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0")
+    try:
+        for _ in range(3):
+            state = begin(eng)
+            assert await eng.decide(state) is None  # forwarded: no error, no wait
+            state.release(False)
+        # A failure (the warm-up's or the first lookup's) opened the breaker: Redis is skipped.
+        assert sample(eng, "llmreel_shared_errors_total", reason="connection") >= 1
+        assert eng.shared is not None and eng.shared.client.breaker.backoff_s >= 0.5
+    finally:
+        eng.close()
