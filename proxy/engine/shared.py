@@ -125,7 +125,9 @@ async def lookup_shared(
     merged = lookup(either, state.seq, replay_only=replay_only, max_age_s=max_age_s, now=now)
     chosen = merged.recording
     from_redis = chosen is not None and any(chosen is r for r in remote.values())
-    tier.counted(from_redis)
+    if from_redis or not state.shared_missed:  # a follower polls: its miss counts once
+        tier.counted(from_redis)
+        state.shared_missed = not from_redis
     if from_redis and chosen is not None:
         _copy(store, chosen)
     return merged
