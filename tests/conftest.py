@@ -18,6 +18,7 @@ import pytest
 
 from llmreel.cli.clientenv import write_bundle
 from llmreel.cli.server import ProxyServer, ProxySettings, Running
+from llmreel.cli.workers import Supervisor
 from tests.fakeupstream import FakeUpstream
 
 # Tests must set their own trust settings: these machines export system-bundle variables.
@@ -51,9 +52,10 @@ def confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class ProxyThread:
     """A real llmreel proxy (mitmproxy + the addon) on its own event loop in a thread."""
 
-    def __init__(self, settings: ProxySettings) -> None:
+    def __init__(self, settings: ProxySettings, workers: int = 1) -> None:
         self.settings = settings
-        self.server: ProxyServer | None = None
+        self.workers = workers
+        self.server: Any = None
         self.running: Running | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -73,7 +75,11 @@ class ProxyThread:
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.server = ProxyServer(self.settings)
+        self.server = (
+            Supervisor(self.settings, self.workers)
+            if self.workers > 1
+            else ProxyServer(self.settings)
+        )
         try:
             self.running = await self.server.start()
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
@@ -83,6 +89,8 @@ class ProxyThread:
         self._ready.set()
         await self.server.wait()
         await self.server.stop()
+        if self.workers > 1:
+            self.server.close_store()
 
     def stop(self) -> None:
         if self.server is not None and self._loop is not None and not self._loop.is_closed():
@@ -97,8 +105,13 @@ class ProxyThread:
 
     @property
     def recorder(self) -> Any:
-        assert self.server is not None
+        assert isinstance(self.server, ProxyServer), "a proxy with --workers has no recorder here"
         return self.server.recorder
+
+    @property
+    def registry(self) -> Any:
+        """The metrics as /metrics serves them: with workers, summed over the processes."""
+        return self.server.registry if self.workers > 1 else self.recorder.registry
 
     def reverse_url(self, index: int = 0) -> str:
         assert self.running is not None
@@ -106,8 +119,15 @@ class ProxyThread:
 
 
 @pytest.fixture
+def proxy_workers() -> int:
+    """Worker processes of the proxies `make_proxy` starts; a module overrides it to run its
+    tests against `--workers 2` as well."""
+    return 1
+
+
+@pytest.fixture
 def make_proxy(
-    tmp_path: Path, confdir: Path, upstream: FakeUpstream
+    tmp_path: Path, confdir: Path, upstream: FakeUpstream, proxy_workers: int
 ) -> Iterator[Callable[..., ProxyThread]]:
     """Start proxies on free ports; each is stopped at the end of the test."""
     started: list[ProxyThread] = []
@@ -120,7 +140,8 @@ def make_proxy(
             confdir=str(confdir),
             sets=[f"ssl_verify_upstream_trusted_ca={upstream.cert_path}"],
         )
-        proxy = ProxyThread(replace(settings, **overrides)).start()
+        workers = overrides.pop("workers", proxy_workers)
+        proxy = ProxyThread(replace(settings, **overrides), workers).start()
         started.append(proxy)
         return proxy
 
@@ -136,7 +157,9 @@ def bundle(confdir: Path) -> str:
 
 def http_client(proxy: ProxyThread, bundle: str, **kw: Any) -> httpx.Client:
     """An httpx client that goes through the proxy and trusts its CA."""
-    return httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=bundle), timeout=30, **kw)
+    return httpx.Client(
+        proxy=proxy.url, verify=ssl.create_default_context(cafile=bundle), timeout=30, **kw
+    )
 
 
 def wait_until[T](check: Callable[[], T], what: str, timeout: float = 30) -> T:

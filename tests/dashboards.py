@@ -70,6 +70,8 @@ METRICS: dict[str, MetricFamily] = {
     "llmreel_store_size_bytes": _fam("gauge"),
     "llmreel_store_entries": _fam("gauge"),
     "llmreel_build_info": _fam("gauge", "version"),
+    "llmreel_workers": _fam("gauge"),
+    "llmreel_worker_restarts_total": _fam("counter"),
     "gen_ai_client_operation_duration_seconds": _fam("histogram", *_GEN_AI, "error_type"),
     "gen_ai_client_token_usage": _fam("histogram", *_GEN_AI, "gen_ai_token_type"),
     "gen_ai_client_operation_time_to_first_chunk_seconds": _fam("histogram", *_GEN_AI),

@@ -47,7 +47,7 @@ def chat_body(prompt: str, *, stream: bool = False, model: str = "gpt-4o-mini") 
 def requests_total(proxy: ProxyThread, **labels: str) -> float:
     """Sum of `llmreel_requests_total` over the series matching `labels`."""
     total = 0.0
-    for metric in proxy.recorder.registry.collect():
+    for metric in proxy.registry.collect():
         if metric.name != "llmreel_requests":
             continue
         for sample in metric.samples:

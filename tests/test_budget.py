@@ -13,6 +13,12 @@ from tests.fakeupstream import FakeUpstream
 from tests.test_e2e import anthropic_client, openai_client
 
 
+@pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
+def proxy_workers(request: pytest.FixtureRequest) -> int:
+    """The budget holds for the whole proxy, however many worker processes serve it."""
+    return int(request.param)
+
+
 def test_the_budget_refuses_further_calls_once_spent(
     make_proxy: Callable[..., ProxyThread], fake: FakeUpstream, bundle: str
 ) -> None:
@@ -34,7 +40,7 @@ def test_the_budget_refuses_further_calls_once_spent(
         claude.messages.create(model="claude-sonnet-4-20250514", max_tokens=16,
                                messages=[{"role": "user", "content": "one more"}])  # fmt: skip
     assert refused.value.status_code == 402 and len(fake.requests) == 1
-    registry = proxy.recorder.registry
+    registry = proxy.registry
     assert registry.get_sample_value("llmreel_budget_refusals_total") == 4
     spent = registry.get_sample_value("llmreel_spend_usd")
     assert spent is not None and spent > 0.0000001

@@ -805,13 +805,14 @@ def test_metric_catalogue_matches_proxy_metrics() -> None:
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics import MetricWrapperBase
 
-    from llmreel.metering.metrics import Metrics
+    from llmreel.metering.metrics import Metrics, WorkerMetrics
 
     registry = CollectorRegistry()
     stats: Any = types.SimpleNamespace(size_bytes=1, entries=1)
     m = Metrics(registry, store_stats=lambda: stats)
     exported: dict[str, tuple[str | None, frozenset[str]]] = {}
-    for obj in vars(m).values():
+    workers = WorkerMetrics(CollectorRegistry())  # the supervisor's, with --workers
+    for obj in [*vars(m).values(), *vars(workers).values()]:
         if isinstance(obj, MetricWrapperBase):
             name = obj._name + ("_total" if obj._type == "counter" else "")
             exported[name] = (obj._type, frozenset(obj._labelnames))

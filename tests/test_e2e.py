@@ -23,6 +23,12 @@ from tests.test_badinput import requests_total
 MakeProxy = Callable[..., ProxyThread]
 
 
+@pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
+def proxy_workers(request: pytest.FixtureRequest) -> int:
+    """Every test here runs against one proxy process and against `--workers 2`."""
+    return int(request.param)
+
+
 def openai_client(proxy: ProxyThread, fake: FakeUpstream, bundle: str, **kw: Any) -> openai.OpenAI:
     return openai.OpenAI(
         base_url=f"{fake.url}/v1",

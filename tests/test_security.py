@@ -245,10 +245,11 @@ def test_non_loopback_bind_needs_auth_or_allow_remote_and_always_warns() -> None
     assert f"--metrics-host {FOREIGN_HOST} listens beyond this machine" in allowed.stderr
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_proxy_auth_rejects_strangers_and_admits_the_user(
-    make_proxy: MakeProxy, fake: FakeUpstream, bundle: str
+    make_proxy: MakeProxy, fake: FakeUpstream, bundle: str, workers: int
 ) -> None:
-    proxy = make_proxy(proxy_auth="reel:correct-horse")
+    proxy = make_proxy(proxy_auth="reel:correct-horse", workers=workers)
     host_port = proxy.url.removeprefix("http://")
     url = f"{fake.url}{CHAT_PATH}"
     context = ssl.create_default_context(cafile=bundle)

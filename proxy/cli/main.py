@@ -26,9 +26,11 @@ from llmreel.cli.server import (
     Running,
     StartupError,
 )
+from llmreel.cli.setup import setup_logging
 from llmreel.cli.sharedcopy import pull_command, push_command
 from llmreel.cli.ui import start_beside, ui_command, ui_options
 from llmreel.cli.verify import verify
+from llmreel.cli.workers import Supervisor, worker_count
 from llmreel.core.ids import new_id
 from llmreel.core.modes import MODES
 from llmreel.core.wire import is_loopback
@@ -47,6 +49,13 @@ log = logging.getLogger("llmreel")
 def _reverse(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[Reverse]:
     try:
         return [Reverse.parse(v) for v in values]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _workers(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return worker_count(str(value))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
 
@@ -133,6 +142,10 @@ def proxy_options(default_port: int, default_metrics_port: int) -> Callable[[F],
                          help="Allow a non-loopback --host without --proxy-auth."),
             click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
                          help="Any mitmproxy option, as with mitmdump --set. Repeatable."),
+            click.option("--workers", default="1", show_default=True, metavar="N|auto",
+                         envvar="LLMREEL_WORKERS", callback=_workers,
+                         help="Serve with N processes sharing the port, the store and /metrics "
+                         "(auto: one per core). docs/workers.md says when it helps."),
             click.option("-q", "--quiet", is_flag=True, help="Only log warnings and errors."),
             click.option("-v", "--verbose", is_flag=True, help="Log debug detail."),
         ]  # fmt: skip
@@ -144,7 +157,7 @@ def proxy_options(default_port: int, default_metrics_port: int) -> Callable[[F],
 
 
 def _settings(kw: dict[str, Any]) -> ProxySettings:
-    _setup_logging(kw.pop("quiet"), kw.pop("verbose"))
+    setup_logging(kw["quiet"], kw["verbose"])
     allow_remote = kw.pop("allow_remote")
     for host, what in ((kw["host"], "--host"), (kw["metrics_host"], "--metrics-host")):
         if is_loopback(host):
@@ -155,24 +168,24 @@ def _settings(kw: dict[str, Any]) -> ProxySettings:
                 "Add --proxy-auth USER:PASS, or --allow-remote if the network is trusted."
             )
         log.warning("%s %s listens beyond this machine", what, host)
-    return ProxySettings(**kw)
+    return ProxySettings(**{k: v for k, v in kw.items() if k not in _NOT_SETTINGS})
 
 
-def _setup_logging(quiet: bool, verbose: bool) -> None:
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # mitmproxy's per-connection chatter is noise here; its warnings and errors are not.
-    for name in ("mitmproxy", "asyncio", "passlib"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    # The HTTP/2 libraries log raw header values (API keys, cookies) at DEBUG: never show them.
-    for name in ("hpack", "h2"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+#: Options of `serve` and `run` that say how to run the proxy rather than what it does.
+_NOT_SETTINGS = ("quiet", "verbose", "workers")
+
+
+def _server(settings: ProxySettings, kw: dict[str, Any], *, detailed: bool = False) -> Any:
+    """One in-process proxy, or the supervisor of `--workers N` processes."""
+    if kw["workers"] > 1:
+        if settings.control_port >= 0:
+            log.warning("the control API is not served with --workers > 1; it is off")
+            settings.control_port = -1
+        return Supervisor(settings, kw["workers"], detailed_report=detailed,
+                          log_level=(kw["quiet"], kw["verbose"]))  # fmt: skip
+    server = ProxyServer(settings)
+    server.recorder.report.detailed = detailed
+    return server
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -202,13 +215,15 @@ def serve(control: bool, control_port: int, **kw: Any) -> None:
     settings = _settings(kw)
     settings.control_port = control_port if control else -1
     try:
-        asyncio.run(_serve(settings, ui))
+        asyncio.run(_serve(settings, ui, kw))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
-async def _serve(settings: ProxySettings, ui: tuple[bool, int] = (False, 0)) -> None:
-    server = ProxyServer(settings)
+async def _serve(
+    settings: ProxySettings, ui: tuple[bool, int] = (False, 0), kw: dict[str, Any] | None = None
+) -> None:
+    server = _server(settings, kw or {"workers": 1})
     running = await _start(server)
     ui_process = await asyncio.to_thread(start_beside, settings.store, *ui)
     click.echo(running.summary() + (f" | ui {ui_process.url}" if ui_process else ""))
@@ -220,12 +235,16 @@ async def _serve(settings: ProxySettings, ui: tuple[bool, int] = (False, 0)) -> 
     await server.stop()
     if ui_process is not None:
         await asyncio.to_thread(ui_process.stop)
+    if isinstance(server, Supervisor):
+        server.close_store()
+        if server.failed:
+            raise StartupError(server.failed)
     log.info("stopped")
 
 
-async def _start(server: ProxyServer) -> Running:
+async def _start(server: ProxyServer | Supervisor) -> Running:
     running = await server.start()
-    if server.recorder.metrics_error:
+    if isinstance(server, ProxyServer) and server.recorder.metrics_error:
         await server.stop()
         raise StartupError(
             f"{server.recorder.metrics_error}. Pick another --metrics-port (0 turns it off)."
@@ -262,7 +281,7 @@ def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: boo
     if fail_on_miss is None:
         fail_on_miss = settings.mode == "offline"
     try:
-        code, report = asyncio.run(_run(settings, list(command), ui))
+        code, report = asyncio.run(_run(settings, list(command), ui, kw))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(report.render(list_unused=fail_on_unused or verbose), err=True)
@@ -274,16 +293,18 @@ def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: boo
 
 
 async def _run(
-    settings: ProxySettings, command: list[str], ui: tuple[bool, int] = (False, 0)
+    settings: ProxySettings, command: list[str], ui: tuple[bool, int] = (False, 0),
+    kw: dict[str, Any] | None = None,
 ) -> tuple[int, RunReport]:
     from llmreel.cli.clientenv import base_url_env, client_env, write_bundle
 
     bundle = write_bundle(settings.confdir)
     # Every exchange of this run is tagged with its id (the log, `log ls --run`, the UI).
     settings.run_id = settings.run_id or new_id()
-    server = ProxyServer(settings)
-    server.recorder.report.detailed = True  # for the unused-recordings part of the report
-    server.recorder.report.run_id = settings.run_id
+    # A detailed report: for its unused-recordings part.
+    server = _server(settings, kw or {"workers": 1}, detailed=True)
+    if isinstance(server, ProxyServer):
+        server.recorder.report.run_id = settings.run_id
     running = await _start(server)
     log.info("%s", running.summary())
     reverse = [
@@ -307,10 +328,16 @@ async def _run(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, functools.partial(_forward_signal, proc, sig))
         code = await proc.wait()
-        report = server.recorder.report
-        _find_unused(server.recorder.store, report)
     finally:
-        await server.stop()
+        if isinstance(server, ProxyServer):
+            report = server.recorder.report
+            _find_unused(server.recorder.store, report)
+            await server.stop()
+        else:
+            await server.stop()  # the workers' reports are complete once they stopped
+            report = server.report
+            _find_unused(server.store, report)
+            server.close_store()
         if ui_process is not None:
             await asyncio.to_thread(ui_process.stop)
     # A child killed by a signal reports -N; shells report 128+N.

@@ -89,6 +89,7 @@ class Running:
     ca_cert: str = ""
     store: str = ""
     mode: str = ""
+    workers: int = 1
     shared: str = ""
     """The shared tier's URL, its password masked."""
 
@@ -101,7 +102,9 @@ class Running:
         for li in self.listeners:
             parts.append(f"{li.kind} {li.url}" + (f" -> {li.upstream}" if li.upstream else ""))
         return (
-            f"llmreel ready: {', '.join(parts)} | mode {self.mode} | store {self.store} | "
+            f"llmreel ready: {', '.join(parts)} | mode {self.mode} | "
+            + (f"workers {self.workers} | " if self.workers > 1 else "")
+            + f"store {self.store} | "
             f"metrics {self.metrics_url or 'off'} | "
             + (f"control {self.control_url} | " if self.control_url else "")
             + (f"shared {self.shared} | " if self.shared else "")
@@ -130,10 +133,10 @@ class ProxyServer:
         if (errorcheck := master.addons.get("errorcheck")) is not None:
             master.addons.remove(errorcheck)
         master.addons.add(self.recorder)
-        modes = [f"regular@{_hostport(s.host, s.port)}"]
+        modes = [f"regular@{hostport(s.host, s.port)}"]
         # mitmproxy refuses two listeners on one address, and "port 0" counts as one address.
         modes += [
-            f"reverse:{r.upstream}@{_hostport(s.host, r.port or _free_port(s.host))}"
+            f"reverse:{r.upstream}@{hostport(s.host, r.port or _free_port(s.host))}"
             for r in s.reverse
         ]
         try:
@@ -203,12 +206,12 @@ class ProxyServer:
         )
         for srv in proxyserver.servers:
             host, port = srv.listen_addrs[0][:2]
-            url = f"http://{_hostport(host, port)}"
+            url = f"http://{hostport(host, port)}"
             upstream = getattr(srv.mode, "data", None) if srv.mode.type_name == "reverse" else None
             running.listeners.append(Listener(srv.mode.type_name, url, upstream))
         if self.recorder.metrics_port:
             running.metrics_url = (
-                f"http://{_hostport(s.metrics_host, self.recorder.metrics_port)}/metrics"
+                f"http://{hostport(s.metrics_host, self.recorder.metrics_port)}/metrics"
             )
         running.control_url = self.recorder.engine.control.url
         return running
@@ -254,5 +257,5 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def _hostport(host: str, port: int) -> str:
+def hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -123,6 +123,11 @@ class ResponseInfo:
     """Content-decoded: for a teed stream, the tee's copy, decoded."""
 
 
+class Occurrences(Protocol):
+    def next(self, value: tuple[str, str]) -> int: ...
+    def clear(self) -> None: ...
+
+
 class Engine:
     """Records LLM calls into a store, replays them, and accounts for every exchange."""
 
@@ -165,7 +170,10 @@ class Engine:
         self.jsonl: JsonlSink | None = None
         self._used: UsedTimes | None = None
         self._scope_salt: bytes | None = None
-        self._occurrences: BoundedCounter[tuple[str, str]] = BoundedCounter(SEQUENCE_CAP)
+        self.occurrences: Occurrences = BoundedCounter(SEQUENCE_CAP)
+        """Counts identical requests for `--sequence` (shared by the processes of --workers)."""
+        self.total_spent: Callable[[], float] = lambda: self.accountant.spent_usd
+        """Dollars spent upstream, for --budget-usd: every worker's, with --workers."""
         self._stale_warned: BoundedSet[str] = BoundedSet(STALE_WARN_CAP)
         self._write_errors = ThrottledLog(log)
         self.shared: SharedTier | None = None
@@ -339,7 +347,7 @@ class Engine:
 
     def new_run(self) -> None:
         """Start a new run: sequence mode counts occurrences from the first again."""
-        self._occurrences.clear()
+        self.occurrences.clear()
 
     @property
     def offline(self) -> bool:
@@ -410,7 +418,7 @@ class Engine:
             body, self.key_config, parsed_body=parsed,
         )  # fmt: skip
         key = request_digest(canonical)
-        seq = self._occurrences.next((namespace, key)) if self.sequence else 0
+        seq = self.occurrences.next((namespace, key)) if self.sequence else 0
         return FlowState(
             endpoint=endpoint,
             plan=plan(self.mode, control.strip().lower() if control else None),
@@ -457,7 +465,7 @@ class Engine:
                     break
         if not state.plan.forward:
             return await self._refuse(state)
-        if self.budget_usd is not None and self.accountant.spent_usd >= self.budget_usd:
+        if self.budget_usd is not None and self.total_spent() >= self.budget_usd:
             state.release(False)
             return self._over_budget(state)
         if state.plan.record and state.lease is None and not state.plan.lookup:
@@ -511,7 +519,7 @@ class Engine:
     def _over_budget(self, state: FlowState) -> ErrorReply:
         assert self.budget_usd is not None
         state.outcome = "budget_refused"
-        spent = self.accountant.spent_usd
+        spent = self.total_spent()
         self.report.budget_refusals += 1
         self.metrics.budget_refusals.inc()
         log.warning(

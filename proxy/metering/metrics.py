@@ -72,7 +72,7 @@ class LabelCap:
         return OTHER
 
 
-class _StoreCollector(Collector):
+class StoreCollector(Collector):
     """Reads store size and entry count at scrape time."""
 
     def __init__(self, stats: Callable[[], StoreStats | None]) -> None:
@@ -166,11 +166,13 @@ class Metrics:
             "llmreel_spend_usd",
             "US dollars billed upstream since this proxy started (what --budget-usd counts).",
             registry=r,
+            multiprocess_mode="sum",  # --workers: the proxy's spend is every worker's
         )
         self.budget = Gauge(
             "llmreel_budget_usd",
             "The spending limit set with --budget-usd (absent when there is none).",
             registry=r,
+            multiprocess_mode="max",
         )
         self.budget_refusals = Counter(
             "llmreel_budget_refusals",
@@ -178,7 +180,8 @@ class Metrics:
             registry=r,
         )
         self.build_info = Gauge(
-            "llmreel_build_info", "llmreel build information.", ["version"], registry=r
+            "llmreel_build_info", "llmreel build information.", ["version"], registry=r,
+            multiprocess_mode="max",
         )
         self.build_info.labels(version=llmreel_version()).set(1)
         gen_ai = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"]
@@ -217,7 +220,7 @@ class Metrics:
             buckets=OVERHEAD_BUCKETS,
             registry=r,
         )
-        registry.register(_StoreCollector(store_stats))
+        registry.register(StoreCollector(store_stats))
         # The shared tier (--shared, docs/shared.md). Registered with zero series whether or
         # not it is on, so dashboards have data and rate() works before the first event.
         self.shared_hits = Counter(
@@ -302,3 +305,28 @@ class Metrics:
         for kind in TOKEN_TYPES:
             if counts[kind]:
                 self._child(counter, provider, model, kind).inc(counts[kind])
+
+
+class WorkerMetrics:
+    """What only the supervisor of `--workers N` knows: its workers. (The workers' own metrics
+    reach the same `/metrics` through prometheus_client's multiprocess mode.)"""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.workers = Gauge(
+            "llmreel_workers", "Worker processes serving (--workers).", registry=registry
+        )
+        self.restarts = Counter(
+            "llmreel_worker_restarts",
+            "Worker processes that died and were started again.",
+            registry=registry,
+        )
+
+
+def multiprocess_total(path: str, name: str) -> float:
+    """A metric summed over every process writing to `path` (prometheus_client's multiprocess
+    mode): what a worker of `--workers N` reads to know the whole proxy's spend."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    return sum(s.value for m in registry.collect() if m.name == name for s in m.samples)

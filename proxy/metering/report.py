@@ -80,6 +80,24 @@ class RunReport:
         if len(self.misses) < KEEP:
             self.misses.append(miss)
 
+    def merge(self, other: RunReport) -> None:
+        """Add `other`'s counts (the report of another worker of the same run)."""
+        self.hits += other.hits
+        self.spent_usd += other.spent_usd
+        self.budget_refusals += other.budget_refusals
+        self.new += other.new
+        self.failed += other.failed
+        self.refused += other.refused
+        self.written += other.written
+        self.write_failures += other.write_failures
+        self.errors += other.errors
+        self.misses.extend(other.misses[: max(KEEP - len(self.misses), 0)])
+        self.used |= other.used
+        self.namespaces |= other.namespaces
+        self.recorded_now |= other.recorded_now
+        if self.budget_usd is None:
+            self.budget_usd = other.budget_usd
+
     def find_unused(self, recorded: Iterable[tuple[str, str, int]]) -> None:
         """Given every (namespace, key, seq) stored in the namespaces used, keep the unserved."""
         self.unused = sorted(
