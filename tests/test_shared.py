@@ -2,13 +2,15 @@
 LMDB stores, the fake upstream counting what reaches it, and Redis killed and restarted.
 
 redis-server is Debian's package (.ci/run installs it); each test starts its own on a free
-port, with a password, no files, and stops it by its PID.
+port, with a password, no files, and stops it by its PID. `LLMREEL_TEST_REDIS=valkey-server`
+runs them against Valkey instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import ssl
@@ -133,7 +135,10 @@ def test_breaker_backs_off_to_a_cap_and_closes_on_success() -> None:
 
 class Redis:
     def __init__(self, tmp: Path) -> None:
-        self.binary = need_binary("redis-server", "redis-server")
+        # LLMREEL_TEST_REDIS=valkey-server runs the same tests against Valkey.
+        self.binary = need_binary(
+            os.environ.get("LLMREEL_TEST_REDIS", "redis-server"), "redis-server"
+        )
         self.port = free_port()
         self.dir = tmp
         self.proc: subprocess.Popen[bytes] | None = None
