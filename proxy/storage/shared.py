@@ -30,11 +30,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import redis.asyncio as aioredis
-from redis import exceptions as rexc
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from llmreel.storage.records import RecordError, Recording, pack, unpack
 
 LAYOUT_VERSION: Final = 1
@@ -159,6 +154,8 @@ def check_url(url: str) -> str:
 
 def classify(exc: BaseException) -> str:
     """The `reason` label of a failed Redis call."""
+    from redis import exceptions as rexc
+
     if isinstance(exc, SharedError):
         return exc.reason
     if isinstance(exc, TimeoutError | rexc.TimeoutError):
@@ -208,7 +205,13 @@ class SharedClient:
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
         self.breaker = Breaker(clock)
-        self.redis = aioredis.Redis.from_url(
+        # redis-py is imported only when the tier is on: it costs a proxy's startup ~0.3 s.
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self._errors: tuple[type[BaseException], ...] = (aioredis.RedisError, OSError, TimeoutError)
+        self.redis: Any = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
@@ -229,7 +232,7 @@ class SharedClient:
         try:
             async with asyncio.timeout(timeout_s or self.timeout_s):
                 result = await work()
-        except (rexc.RedisError, OSError, TimeoutError) as exc:
+        except self._errors as exc:
             self.breaker.failed()
             raise SharedError(f"{type(exc).__name__}: {exc}", classify(exc)) from exc
         self.breaker.succeeded()
@@ -259,7 +262,7 @@ class SharedClient:
     async def forget(self, name: str, token: str) -> None:
         """Best effort, past the breaker and with a longer timeout: release a lease whose
         acquisition timed out (it may have been set all the same)."""
-        with contextlib.suppress(rexc.RedisError, OSError, TimeoutError):
+        with contextlib.suppress(*self._errors):
             async with asyncio.timeout(max(1.0, self.timeout_s)):
                 await self.redis.eval(_RELEASE, 1, name, token)
 
