@@ -136,6 +136,12 @@ def proxy_options(default_port: int, default_metrics_port: int) -> Callable[[F],
             click.option("--shared-max-bytes", type=click.IntRange(1), default=DEFAULT_SHARED_MAX_BYTES,
                          show_default=True, metavar="BYTES",
                          help="Recordings larger than this (compressed) stay in the local store."),
+            click.option("--otlp-endpoint", default="", metavar="URL",
+                         help="Send each exchange as an OpenTelemetry GenAI span to this OTLP/HTTP "
+                         "receiver (e.g. http://127.0.0.1:4318; docs/otel.md). Default: "
+                         "OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT if set, else no export."),
+            click.option("--otlp-content", is_flag=True,
+                         help="Include prompts and answers in the spans (masked like the log)."),
             click.option("--proxy-auth", default=None, metavar="USER:PASS",
                          help="Require proxy authentication (needed to listen beyond loopback)."),
             click.option("--allow-remote", is_flag=True,
@@ -257,11 +263,18 @@ async def _start(server: ProxyServer | Supervisor) -> Running:
 @click.option("--fail-on-miss/--no-fail-on-miss", default=None,
               help="Exit non-zero if any request missed the cache, even if COMMAND swallowed the "
               "error. Default: on in offline mode, off otherwise.")  # fmt: skip
-@click.option("--fail-on-unused", is_flag=True,
-              help="Exit non-zero if recordings in the namespaces used were never replayed, and "
-              "list them (the report only counts them otherwise; -v lists them too).")
-@click.option("--control/--no-control", default=True, show_default=True,
-              help="Serve the control API on a free port; COMMAND finds it in LLMREEL_CONTROL_URL.")
+@click.option(
+    "--fail-on-unused",
+    is_flag=True,
+    help="Exit non-zero if recordings in the namespaces used were never replayed, and "
+    "list them (the report only counts them otherwise; -v lists them too).",
+)
+@click.option(
+    "--control/--no-control",
+    default=True,
+    show_default=True,
+    help="Serve the control API on a free port; COMMAND finds it in LLMREEL_CONTROL_URL.",
+)
 @ui_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(command: tuple[str, ...], fail_on_miss: bool | None, fail_on_unused: bool, control: bool,
@@ -348,7 +361,9 @@ def _find_unused(store: Any, report: RunReport) -> None:
     if store is None:
         return
     store.flush(10)
-    recorded = [(r.namespace, r.key, r.seq) for ns in sorted(report.namespaces) for r in store.iter(ns)]
+    recorded = [
+        (r.namespace, r.key, r.seq) for ns in sorted(report.namespaces) for r in store.iter(ns)
+    ]
     report.find_unused(recorded)
 
 
@@ -389,7 +404,9 @@ def env(host: str, port: int, reverse: list[Reverse], hosts: tuple[str, ...], co
         raise click.BadParameter(str(exc), param_hint="--provider-host") from exc
     bundle = write_bundle(confdir)
     hostport = f"[{host}]" if ":" in host else host
-    base_urls, advice = base_url_env([(r, f"http://{hostport}:{r.port}") for r in reverse], host_map)
+    base_urls, advice = base_url_env(
+        [(r, f"http://{hostport}:{r.port}") for r in reverse], host_map
+    )
     for line in advice:
         click.echo(line, err=True)  # stderr: stdout is for `eval`
     click.echo(export_lines(client_env(f"http://{hostport}:{port}", bundle, base_urls)), nl=False)

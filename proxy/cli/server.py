@@ -63,6 +63,8 @@ class ProxySettings:
     replay_pace: str = "fast"
     control_port: int = -1
     """The control API's port on 127.0.0.1 (0: a free one; -1: off)."""
+    otlp_endpoint: str = ""
+    otlp_content: bool = False
     proxy_auth: str | None = None
     shared: str = ""
     """The shared tier's Redis URL (docs/shared.md); empty: off."""
@@ -168,6 +170,8 @@ class ProxyServer:
                 llmreel_shared=s.shared,
                 llmreel_shared_timeout_ms=s.shared_timeout_ms,
                 llmreel_shared_max_bytes=s.shared_max_bytes,
+                llmreel_otlp_endpoint=s.otlp_endpoint,
+                llmreel_otlp_content=s.otlp_content,
             )
             if s.proxy_auth:
                 master.options.update(proxyauth=s.proxy_auth)

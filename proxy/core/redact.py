@@ -70,7 +70,9 @@ def scrub_text(text: str) -> str:
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 
 
-def credential_of(headers: Iterable[tuple[str, str]], query: Iterable[tuple[str, str]]) -> str | None:
+def credential_of(
+    headers: Iterable[tuple[str, str]], query: Iterable[tuple[str, str]]
+) -> str | None:
     """The API key a request carries (header or query), or None."""
     found = {name.lower(): value for name, value in headers if name.lower() in CREDENTIAL_HEADERS}
     for name in CREDENTIAL_HEADERS:
@@ -84,4 +86,6 @@ def credential_of(headers: Iterable[tuple[str, str]], query: Iterable[tuple[str,
 
 def credential_scope(credential: str, salt: bytes) -> str:
     """A salted, truncated HMAC of a credential: a stable cache scope that reveals nothing."""
-    return hmac.new(salt, credential.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:16]
+    return hmac.new(
+        salt, credential.encode("utf-8", "surrogateescape"), hashlib.sha256
+    ).hexdigest()[:16]

@@ -20,5 +20,7 @@ def parse_duration(text: str) -> float:
         pass
     parts = list(_PART.finditer(cleaned))
     if not parts or "".join(p.group(0) for p in parts) != cleaned:
-        raise ValueError(f"{text!r} is not a duration; write it like 90s, 10m, 12h, 30d, 2w or 1d12h")
+        raise ValueError(
+            f"{text!r} is not a duration; write it like 90s, 10m, 12h, 30d, 2w or 1d12h"
+        )
     return sum(float(p.group(1)) * _UNITS[p.group(2)] for p in parts)

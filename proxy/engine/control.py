@@ -137,7 +137,12 @@ class ControlServer:
                 await writer.drain()
                 if close:
                     break
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+            ValueError,
+        ):
             pass
         finally:
             with contextlib.suppress(ConnectionError):

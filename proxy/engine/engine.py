@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -60,6 +60,7 @@ from llmreel.log.exchangelog import ExchangeLog
 from llmreel.log.jsonl import JsonlSink
 from llmreel.log.throttle import ThrottledLog
 from llmreel.metering.metrics import Metrics
+from llmreel.metering.otlpconfig import display, traces_endpoint
 from llmreel.metering.pricing import Pricer, load_overrides
 from llmreel.metering.report import RunReport
 from llmreel.providers import (
@@ -78,6 +79,9 @@ from llmreel.storage.lmdbstore import LmdbStore, Store, StoreError, validate_nam
 from llmreel.storage.records import Recording
 from llmreel.storage.stores import open_store
 from llmreel.storage.usedtimes import UsedTimes
+
+if TYPE_CHECKING:
+    from llmreel.metering.otel import OtlpSink
 
 log = logging.getLogger("llmreel")
 
@@ -168,6 +172,8 @@ class Engine:
         """Serves replayed streams with their recorded timing (`--replay-pace`); None: fast."""
         self.exchange_log: ExchangeLog | None = None
         self.jsonl: JsonlSink | None = None
+        self.otlp: OtlpSink | None = None
+        """Spans to an OTLP receiver (`--otlp-endpoint`, docs/otel.md)."""
         self._used: UsedTimes | None = None
         self._scope_salt: bytes | None = None
         self.occurrences: Occurrences = BoundedCounter(SEQUENCE_CAP)
@@ -210,6 +216,8 @@ class Engine:
             except OSError as exc:
                 raise ConfigError(f"llmreel_log_file: {exc}") from exc
             self._swap_sink("jsonl", jsonl)
+        if {"llmreel_otlp_endpoint", "llmreel_otlp_content"} & set(updated):
+            self._configure_otlp(v["llmreel_otlp_endpoint"], bool(v["llmreel_otlp_content"]))
         if "llmreel_mode" in updated:
             if v["llmreel_mode"] not in MODES:
                 raise ConfigError(
@@ -263,7 +271,9 @@ class Engine:
             except ValueError:
                 budget = -1.0
             if budget is not None and not budget >= 0:
-                raise ConfigError(f"llmreel_budget_usd: {raw!r} is not an amount of US dollars, e.g. 5 or 0.50")
+                raise ConfigError(
+                    f"llmreel_budget_usd: {raw!r} is not an amount of US dollars, e.g. 5 or 0.50"
+                )
             self.budget_usd = budget
             self.report.budget_usd = budget
             if budget is not None:
@@ -288,8 +298,20 @@ class Engine:
                 raise ConfigError(f"llmreel_prices: {exc}") from exc
             self.accountant.pricer = Pricer(overrides)
 
-    def _swap_sink(self, attr: str, new: ExchangeLog | JsonlSink | None) -> None:
-        old: ExchangeLog | JsonlSink | None = getattr(self, attr)
+    def _configure_otlp(self, option: str, content: bool) -> None:
+        try:
+            endpoint = traces_endpoint(option)
+        except ValueError as exc:
+            raise ConfigError(f"llmreel_otlp_endpoint: {exc}") from exc
+        self._swap_sink("otlp", None)
+        if endpoint is not None:
+            from llmreel.metering.otel import OtlpSink  # the SDK loads only when it is used
+
+            self._swap_sink("otlp", OtlpSink(endpoint, self.metrics, content=content))
+            log.info("exporting spans to %s", display(endpoint))
+
+    def _swap_sink(self, attr: str, new: ExchangeLog | JsonlSink | OtlpSink | None) -> None:
+        old: ExchangeLog | JsonlSink | OtlpSink | None = getattr(self, attr)
         if old is not None:
             self.sinks.remove(old.append)
             old.close()
@@ -343,6 +365,7 @@ class Engine:
         if self.pacer is not None:
             self.pacer.close()
         self._swap_sink("jsonl", None)
+        self._swap_sink("otlp", None)  # flushes, waiting a few seconds at most
         self._close_store()
 
     def new_run(self) -> None:
@@ -545,9 +568,7 @@ class Engine:
 
         try:
             # An export directory reads files: keep that off the event loop.
-            found = (
-                await asyncio.to_thread(find) if store.blocking_reads else find()
-            )
+            found = await asyncio.to_thread(find) if store.blocking_reads else find()
         except StoreError as exc:
             log.error("%s", exc)
             return None

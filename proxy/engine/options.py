@@ -132,6 +132,16 @@ OPTIONS: tuple[Option, ...] = (
         "llmreel_shared_max_bytes", int, DEFAULT_SHARED_MAX_BYTES,
         "Recordings that pack (compressed) to more than this many bytes stay in the local store.",
     ),
+    Option(
+        "llmreel_otlp_endpoint", str, "",
+        "Send every exchange as an OpenTelemetry GenAI span to this OTLP/HTTP receiver (a base "
+        "URL such as http://127.0.0.1:4318, or its /v1/traces URL). Empty: the standard "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT, else no export.",
+    ),
+    Option(
+        "llmreel_otlp_content", bool, False,
+        "Include prompts and answers in the spans (masked like the log; docs/otel.md).",
+    ),
 )  # fmt: skip
 
 DEFAULTS: dict[str, Any] = {o.name: o.default for o in OPTIONS}

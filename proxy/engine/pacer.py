@@ -61,10 +61,17 @@ class Pacer:
             request = await read_request(reader, _MAX_BODY)
             claim = self._pending.pop(request.target.removeprefix(PATH_PREFIX), None)
             if claim is None:
-                writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                writer.write(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                )
                 return
             await self._replay(writer, *claim[:2])
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
+        except (
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            asyncio.LimitOverrunError,
+            ValueError,
+        ):
             pass  # the client (mitmproxy) went away: nothing to replay to
         finally:
             with contextlib.suppress(ConnectionError):

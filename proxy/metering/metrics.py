@@ -41,6 +41,13 @@ SHARED_OPS = ("get", "put", "lease")
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 #: Why a complete response was not recorded (`llmreel_recordings_skipped_total{reason}`).
 SKIP_REASONS = ("too_large", "copy_failed")
+#: What became of a span sent to --otlp-endpoint: `llmreel_otlp_spans_{outcome}_total`.
+OTLP_SPAN_OUTCOMES = {
+    "exported": "Spans the OTLP receiver accepted (--otlp-endpoint).",
+    "failed": "Spans whose export failed: the OTLP receiver was down, too slow, or refused them.",
+    "dropped": "Spans never sent because the export queue was full (the receiver is slower "
+    "than the traffic).",
+}
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
 OTHER = "other"
 DEFAULT_MAX_MODELS = 200
@@ -179,6 +186,11 @@ class Metrics:
             "Upstream calls refused because the budget was spent.",
             registry=r,
         )
+        # --otlp-endpoint (docs/otel.md): what became of each span.
+        self.otlp_spans = {
+            outcome: Counter(f"llmreel_otlp_spans_{outcome}", doc, registry=r)
+            for outcome, doc in OTLP_SPAN_OUTCOMES.items()
+        }
         self.build_info = Gauge(
             "llmreel_build_info", "llmreel build information.", ["version"], registry=r,
             multiprocess_mode="max",
@@ -301,7 +313,9 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def _add_tokens(self, counter: Counter, provider: str, model: str, counts: dict[str, int]) -> None:
+    def _add_tokens(
+        self, counter: Counter, provider: str, model: str, counts: dict[str, int]
+    ) -> None:
         for kind in TOKEN_TYPES:
             if counts[kind]:
                 self._child(counter, provider, model, kind).inc(counts[kind])

@@ -105,7 +105,9 @@ class Backlog:
         if now - self._last_report < _REFUSAL_REPORT_INTERVAL_S:
             return
         self._last_report = now
-        log.warning("%s (%d dropped since the last report)", self.refusal(), self._refused_unreported)
+        log.warning(
+            "%s (%d dropped since the last report)", self.refusal(), self._refused_unreported
+        )
         self._refused_unreported = 0
 
 

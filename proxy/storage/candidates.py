@@ -52,6 +52,7 @@ _ID_BYTES = 8
 #: and the entries stay the same size (see `LmdbStore.candidates`), but never a candidate.
 _UNREADABLE = bytes(_ID_BYTES)
 
+
 def endpoint_id(request: dict[str, Any]) -> bytes:
     # Two endpoints sharing an id (2^-64) would only share a pool: `closest` checks the endpoint.
     return hashlib.blake2b(orjson.dumps(endpoint(request)), digest_size=_ID_BYTES).digest()
@@ -98,5 +99,7 @@ def most_alike[K](request: dict[str, Any], pool: Iterable[tuple[K, bytes]], limi
     `pool` wins, so a stable pool gives a stable choice.
     """
     score = likeness(sketch(request))
-    best = heapq.nlargest(limit, itertools.islice(pool, RANK_AT_MOST), key=lambda item: score(item[1]))
+    best = heapq.nlargest(
+        limit, itertools.islice(pool, RANK_AT_MOST), key=lambda item: score(item[1])
+    )
     return [key for key, _ in best]

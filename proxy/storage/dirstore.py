@@ -196,7 +196,9 @@ class DirStore:
     def file_for(self, namespace: str, key: str, seq: int = 0) -> Path:
         return self.root / entry_path(namespace, key, seq)
 
-    def get(self, namespace: str, key: str, seq: int = 0, *, request: bool = True) -> Recording | None:
+    def get(
+        self, namespace: str, key: str, seq: int = 0, *, request: bool = True
+    ) -> Recording | None:
         # `request` exists for parity with LmdbStore: an export file is parsed whole anyway.
         path = self.file_for(namespace, key, seq)
         try:
@@ -271,7 +273,9 @@ class DirStore:
         wanted = endpoint_id(request)
         with self._listings_lock:
             files = self._listing(namespace).files
-            pool = [(path, known[1]) for path, known in files.items() if known and known[0] == wanted]
+            pool = [
+                (path, known[1]) for path, known in files.items() if known and known[0] == wanted
+            ]
         found: list[dict[str, Any]] = []
         for path in most_alike(request, pool, limit):
             try:

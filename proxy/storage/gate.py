@@ -68,4 +68,6 @@ class MapGate:
 
     def _check_not_holding(self, me: int) -> None:
         if me in self._holders:
-            raise RuntimeError("this thread already holds the store's map gate (a nested transaction)")
+            raise RuntimeError(
+                "this thread already holds the store's map gate (a nested transaction)"
+            )

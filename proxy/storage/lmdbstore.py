@@ -84,6 +84,7 @@ class _Job:
     size: int | None = None
     """Bytes counted in the backlog; None for a flush marker, which the backlog never refuses."""
 
+
 #: Named databases in a store. "entries" holds recordings; the others sit beside them.
 #: "endpoints" indexes "entries" (see `llmreel.storage.candidates`); stores older than it lack it.
 DATABASES = (b"meta", b"entries", b"log", b"used", INDEX_DB, b"labels")
@@ -273,7 +274,9 @@ class LmdbStore:
 
     # --- reading ------------------------------------------------------------------------------
 
-    def get(self, namespace: str, key: str, seq: int = 0, *, request: bool = True) -> Recording | None:
+    def get(
+        self, namespace: str, key: str, seq: int = 0, *, request: bool = True
+    ) -> Recording | None:
         """The recording, or None; `request=False` skips parsing its canonical request."""
         raw = self._read(entry_key(namespace, key, seq))
         if raw is None:
@@ -324,7 +327,9 @@ class LmdbStore:
         after: bytes | None = None  # the last key handed out
         while True:
             batch, more = self._transact(
-                partial(_read_batch, handle, prefix=prefix, start=start, after=after, reverse=reverse)
+                partial(
+                    _read_batch, handle, prefix=prefix, start=start, after=after, reverse=reverse
+                )
             )
             yield from batch
             if not more:
@@ -422,7 +427,9 @@ class LmdbStore:
                 job.future.set_exception(refused)
                 return job.future
             if self._writer is None:
-                self._writer = threading.Thread(target=self._write_loop, name="llmreel-store-writer")
+                self._writer = threading.Thread(
+                    target=self._write_loop, name="llmreel-store-writer"
+                )
                 self._writer.daemon = True
                 self._writer.start()
             self._queue.put(job)
@@ -690,7 +697,9 @@ def _with_index(writes: _Writes) -> _Writes:
     Writes that write the index themselves (`put`, `submit`) are taken as they are. Deletes
     need no index entry here: `_apply` removes the old one of every recording it replaces.
     """
-    if any(db == INDEX_DB for db, _, _ in writes) or not any(db == b"entries" for db, _, _ in writes):
+    if any(db == INDEX_DB for db, _, _ in writes) or not any(
+        db == b"entries" for db, _, _ in writes
+    ):
         return writes
     out: _Writes = []
     for db, db_key, value in writes:
