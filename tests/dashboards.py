@@ -80,6 +80,11 @@ METRICS: dict[str, MetricFamily] = {
     "gen_ai_client_operation_time_to_first_chunk_seconds": _fam("histogram", *_GEN_AI),
     "llmreel_upstream_duration_seconds": _fam("histogram", "provider"),
     "llmreel_overhead_seconds": _fam("histogram", "cache"),
+    "llmreel_shared_hits_total": _fam("counter"),
+    "llmreel_shared_misses_total": _fam("counter"),
+    "llmreel_shared_writes_total": _fam("counter"),
+    "llmreel_shared_errors_total": _fam("counter", "reason"),
+    "llmreel_shared_seconds": _fam("histogram", "op"),
 }
 
 # Labels Prometheus attaches to every scraped series.

@@ -331,11 +331,11 @@ def test_dockerignore_excludes_local_state() -> None:
 # ------------------------------------------------------------------------------------------------
 def test_compose_services() -> None:
     services = compose()["services"]
-    assert set(services) == {"llmreel", "prometheus", "grafana"}
+    assert set(services) == {"llmreel", "prometheus", "grafana", "redis"}
     assert services["llmreel"]["build"] in (".", {"context": "."})
     assert str(services["prometheus"]["image"]).startswith("prom/prometheus")
     assert str(services["grafana"]["image"]).startswith("grafana/grafana")
-    for name in ("prometheus", "grafana"):
+    for name in ("prometheus", "grafana", "redis"):
         image = str(services[name]["image"])
         assert ":" in image and not image.endswith(":latest"), f"pin {name}'s image version"
 
@@ -345,12 +345,32 @@ def test_compose_ports_are_loopback_only() -> None:
         "llmreel": {(PROXY_PORT, PROXY_PORT), (METRICS_PORT, METRICS_PORT)},
         "prometheus": {(9090, 9090)},
         "grafana": {(3000, 3000)},
+        "redis": set(),  # the compose network only
     }
     for name, service in compose()["services"].items():
         ports = [parse_port(p) for p in service.get("ports", [])]
         for host_ip, published, _ in ports:
             assert host_ip == "127.0.0.1", f"{name} publishes {published} beyond loopback"
         assert {(pub, tgt) for _, pub, tgt in ports} == expected[name]
+
+
+def test_compose_redis_is_the_shared_profiles_and_the_proxy_uses_it_then() -> None:
+    services = compose()["services"]
+    redis = services["redis"]
+    assert redis["profiles"] == ["shared"]
+    assert str(redis["image"]).startswith(("redis:", "valkey/valkey:"))
+    assert "--save" in redis["command"] and "allkeys-lru" in redis["command"]
+    # The proxy reads its URL from the environment: empty (off) unless the profile's user sets it.
+    env = services["llmreel"]["environment"]
+    assert env["LLMREEL_SHARED_URL"] == "${LLMREEL_SHARED_URL:-}"
+    header = COMPOSE.read_text()
+    assert "COMPOSE_PROFILES=shared LLMREEL_SHARED_URL=redis://redis:6379/0" in header
+    from click.testing import CliRunner
+
+    from llmreel.cli.main import main
+
+    result = CliRunner().invoke(main, ["serve", "--help"])
+    assert "LLMREEL_SHARED_URL" in result.output
 
 
 def test_compose_volumes_exist() -> None:

@@ -28,13 +28,18 @@ from llmreel.cli.server import (
     StartupError,
 )
 from llmreel.cli.setup import setup_logging
+from llmreel.cli.sharedcopy import pull_command, push_command
 from llmreel.cli.ui import start_beside, ui_command, ui_options
 from llmreel.cli.verify import verify
 from llmreel.cli.workers import Supervisor, worker_count
 from llmreel.core.ids import new_id
 from llmreel.core.modes import MODES
 from llmreel.core.wire import is_loopback
-from llmreel.engine.options import DEFAULT_MAX_RECORD_BYTES
+from llmreel.engine.options import (
+    DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_SHARED_MAX_BYTES,
+    DEFAULT_SHARED_TIMEOUT_MS,
+)
 from llmreel.metering.report import RunReport
 from llmreel.providers import DEFAULT_HOSTS, parse_host_mappings
 
@@ -123,6 +128,18 @@ def proxy_options(default_port: int, default_metrics_port: int) -> Callable[[F],
                          show_default=True, metavar="BYTES",
                          help="Larger responses stream through to the client unrecorded (counted "
                          "in llmreel_recordings_skipped_total)."),
+            click.option("--shared", default="", metavar="URL", envvar="LLMREEL_SHARED_URL",
+                         show_envvar=True,
+                         help="A Redis/Valkey URL (redis://HOST:PORT/DB, rediss://; a password "
+                         "goes in the URL) shared by several proxies behind their local stores "
+                         "(docs/shared.md)."),
+            click.option("--shared-timeout", "shared_timeout_ms", type=click.IntRange(1),
+                         default=DEFAULT_SHARED_TIMEOUT_MS, show_default=True, metavar="MS",
+                         help="Timeout of each Redis call, in milliseconds; past it llmreel goes "
+                         "on without Redis."),
+            click.option("--shared-max-bytes", type=click.IntRange(1), default=DEFAULT_SHARED_MAX_BYTES,
+                         show_default=True, metavar="BYTES",
+                         help="Recordings larger than this (compressed) stay in the local store."),
             click.option("--otlp-endpoint", default="", metavar="URL",
                          help="Send each exchange as an OpenTelemetry GenAI span to this OTLP/HTTP "
                          "receiver (e.g. http://127.0.0.1:4318; docs/otel.md). Default: "
@@ -440,6 +457,8 @@ The CA's private key is {cert.parent / "mitmproxy-ca.pem"}: keep it private.""",
 
 
 main.add_command(cache)
+cache.add_command(push_command)
+cache.add_command(pull_command)
 main.add_command(log_group)
 main.add_command(config_command)
 main.add_command(verify)

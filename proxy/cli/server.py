@@ -19,7 +19,12 @@ from mitmproxy.tools.dump import DumpMaster
 
 from llmreel.cli.clientenv import private_dir
 from llmreel.cli.reverse import Reverse
-from llmreel.engine.options import DEFAULT_MAX_RECORD_BYTES
+from llmreel.engine.options import (
+    DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_SHARED_MAX_BYTES,
+    DEFAULT_SHARED_TIMEOUT_MS,
+)
+from llmreel.storage.shared import masked
 
 log = logging.getLogger("llmreel")
 
@@ -62,6 +67,10 @@ class ProxySettings:
     otlp_endpoint: str = ""
     otlp_content: bool = False
     proxy_auth: str | None = None
+    shared: str = ""
+    """The shared tier's Redis URL (docs/shared.md); empty: off."""
+    shared_timeout_ms: int = DEFAULT_SHARED_TIMEOUT_MS
+    shared_max_bytes: int = DEFAULT_SHARED_MAX_BYTES
     sets: Sequence[str] = ()
     """Raw mitmproxy `NAME=VALUE` options, applied last."""
 
@@ -84,6 +93,8 @@ class Running:
     store: str = ""
     mode: str = ""
     workers: int = 1
+    shared: str = ""
+    """The shared tier's URL, its password masked."""
 
     @property
     def proxy_url(self) -> str:
@@ -99,6 +110,7 @@ class Running:
             + f"store {self.store} | "
             f"metrics {self.metrics_url or 'off'} | "
             + (f"control {self.control_url} | " if self.control_url else "")
+            + (f"shared {self.shared} | " if self.shared else "")
             + f"CA {self.ca_cert}"
         )
 
@@ -157,6 +169,9 @@ class ProxyServer:
                 llmreel_budget_usd=s.budget_usd,
                 llmreel_replay_pace=s.replay_pace,
                 llmreel_control_port=s.control_port,
+                llmreel_shared=s.shared,
+                llmreel_shared_timeout_ms=s.shared_timeout_ms,
+                llmreel_shared_max_bytes=s.shared_max_bytes,
                 llmreel_otlp_endpoint=s.otlp_endpoint,
                 llmreel_otlp_content=s.otlp_content,
             )
@@ -192,6 +207,7 @@ class ProxyServer:
         running = Running(
             store=str(Path(s.store).resolve()),
             mode=s.mode,
+            shared=masked(s.shared) if s.shared else "",
             ca_cert=str(Path(os.path.expanduser(s.confdir)) / "mitmproxy-ca-cert.pem"),
         )
         for srv in proxyserver.servers:

@@ -43,6 +43,7 @@ from llmreel.metering.exporter import MetricsServer
 from llmreel.metering.metrics import StoreCollector, WorkerMetrics
 from llmreel.metering.report import RunReport
 from llmreel.storage.lmdbstore import StoreError
+from llmreel.storage.shared import masked
 from llmreel.storage.stores import open_store
 
 log = logging.getLogger("llmreel")
@@ -164,6 +165,7 @@ class Supervisor:
             mode=s.mode,
             ca_cert=str(Path(os.path.expanduser(s.confdir)) / "mitmproxy-ca-cert.pem"),
             workers=self.count,
+            shared=masked(s.shared) if s.shared else "",
         )
         if self._metrics_server.port:
             running.metrics_url = (

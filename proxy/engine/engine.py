@@ -55,6 +55,7 @@ from llmreel.engine.control import Contexts, ControlServer, Recent
 from llmreel.engine.flowstate import FlowState
 from llmreel.engine.options import DEFAULTS, ConfigError
 from llmreel.engine.pacer import Pacer
+from llmreel.engine.shared import SharedTier, configure_shared, lookup_shared
 from llmreel.log.exchangelog import ExchangeLog
 from llmreel.log.jsonl import JsonlSink
 from llmreel.log.throttle import ThrottledLog
@@ -181,6 +182,8 @@ class Engine:
         """Dollars spent upstream, for --budget-usd: every worker's, with --workers."""
         self._stale_warned: BoundedSet[str] = BoundedSet(STALE_WARN_CAP)
         self._write_errors = ThrottledLog(log)
+        self.shared: SharedTier | None = None
+        """The shared tier (`--shared`): Redis behind the local store; None: off."""
 
     @property
     def sinks(self) -> list[Callable[[Any], None]]:
@@ -232,7 +235,15 @@ class Engine:
                 self.hosts = DEFAULT_HOSTS.merged(parse_host_mappings(v["llmreel_hosts"]))
             except ValueError as exc:
                 raise ConfigError(f"llmreel_hosts: {exc}") from exc
-        if {"llmreel_scope_by_credential", "llmreel_store"} & set(updated):
+        # >>> shared tier (engine/shared.py)
+        shared = configure_shared(self.shared, v, updated, self.metrics)
+        if shared is not self.shared:
+            self.extra_flights[:] = [t for t in self.extra_flights if t is not self.shared]
+            self.shared = shared
+            if shared is not None:  # single flight across machines, after the lock files
+                self.extra_flights.append(shared)
+        # <<< shared tier
+        if {"llmreel_scope_by_credential", "llmreel_store", "llmreel_shared"} & set(updated):
             self._scope_salt = None
             if v["llmreel_scope_by_credential"]:
                 if not isinstance(self.store, LmdbStore):
@@ -240,12 +251,16 @@ class Engine:
                         "llmreel_scope_by_credential needs an LMDB store, which keeps the salt"
                     )
                 self._scope_salt = self.store.secret_salt()
+                if self.shared is not None:  # one scope for a credential on every machine
+                    self._scope_salt = self.shared.salt(self._scope_salt)
         if "llmreel_sequence" in updated:
             self.sequence = bool(v["llmreel_sequence"])
         if "llmreel_explain_misses" in updated:
             self.explain_misses = bool(v["llmreel_explain_misses"])
         if "llmreel_max_age" in updated:
             self.max_age_s = _duration(v, "llmreel_max_age") if v["llmreel_max_age"] else None
+        if self.shared is not None:
+            self.shared.max_age_s = self.max_age_s
         if "llmreel_max_record_bytes" in updated:
             if int(v["llmreel_max_record_bytes"]) <= 0:
                 raise ConfigError("llmreel_max_record_bytes: must be a positive number of bytes")
@@ -344,6 +359,10 @@ class Engine:
 
     def close(self) -> None:
         self.control.close()
+        if self.shared is not None:
+            self.extra_flights.remove(self.shared)
+            self.shared.close_soon()
+            self.shared = None
         if self.pacer is not None:
             self.pacer.close()
         self._swap_sink("jsonl", None)
@@ -537,9 +556,12 @@ class Engine:
         store = self.store
         if store is None:
             return None
+        local: dict[int, Recording | None] = {}
 
         def get(seq: int) -> Recording | None:
-            return store.get(state.namespace, state.key, seq, request=False)
+            if seq not in local:
+                local[seq] = store.get(state.namespace, state.key, seq, request=False)
+            return local[seq]
 
         def find() -> Found[Recording]:
             return lookup(get, state.seq, replay_only=not state.plan.forward,
@@ -551,6 +573,9 @@ class Engine:
         except StoreError as exc:
             log.error("%s", exc)
             return None
+        if self.shared is not None:  # LMDB first, Redis second (engine/shared.py)
+            found = await lookup_shared(self.shared, store, state, found, local,
+                                        max_age_s=self.max_age_s, now=self._wall())  # fmt: skip
         if found.stale_age_s is not None and self._stale_warned.first_time(state.key):
             log.warning(
                 "serving recording %s recorded %.1f days ago, older than --max-age; record it "
@@ -693,14 +718,16 @@ class Engine:
 
         def committed(done: concurrent.futures.Future[None]) -> None:
             try:
-                loop.call_soon_threadsafe(self._after_write, state, done)
+                loop.call_soon_threadsafe(self._after_write, state, done, rec)
             except RuntimeError:  # the loop has closed (shutdown): nobody is waiting any more
                 state.release(False)
 
         future.add_done_callback(committed)
         return True
 
-    def _after_write(self, state: FlowState, done: concurrent.futures.Future[None]) -> None:
+    def _after_write(
+        self, state: FlowState, done: concurrent.futures.Future[None], rec: Recording
+    ) -> None:
         error = done.exception()
         try:
             if error is not None:
@@ -710,6 +737,8 @@ class Engine:
                 self.report.write_failures += 1
             else:
                 self.report.written += 1
+                if self.shared is not None:  # before the release: the lease outlives the write
+                    self.shared.publish(rec, state.flight)
         finally:
             state.release(error is None)
 

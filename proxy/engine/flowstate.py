@@ -42,6 +42,8 @@ class FlowState:
     """Set while this request leads the single flight for its key."""
     remote: list[RemoteLease] = field(default_factory=list)
     """Its leases on the same flight beyond this process (other workers, other machines)."""
+    shared_missed: bool = False
+    """The shared tier counted this request's miss (a follower's polls count once)."""
     request_body: bytes = b""
     """The request body, content-decoded (read once)."""
     seq: int = 0

@@ -12,6 +12,9 @@ from typing import Any, Optional
 from llmreel.core.modes import MODES
 
 DEFAULT_MAX_RECORD_BYTES = 64 << 20
+DEFAULT_SHARED_TIMEOUT_MS = 50
+#: Recordings that pack (compressed) to more than this stay local (storage/shared.py).
+DEFAULT_SHARED_MAX_BYTES = 8 << 20
 
 
 class ConfigError(ValueError):
@@ -118,6 +121,21 @@ OPTIONS: tuple[Option, ...] = (
         "llmreel_max_record_bytes", int, DEFAULT_MAX_RECORD_BYTES,
         "Responses larger than this many bytes stream through to the client but are not "
         "recorded (counted in llmreel_recordings_skipped_total{reason=\"too_large\"}).",
+    ),
+    Option(
+        "llmreel_shared", str, "",
+        "A Redis or Valkey URL (redis://HOST:PORT/DB, rediss://...; a password goes in the URL) "
+        "for a shared tier behind the local store: lookups go local, then Redis, then upstream; "
+        "new recordings go to both; identical misses on several proxies make one upstream call "
+        "(docs/shared.md). Empty: off.",
+    ),
+    Option(
+        "llmreel_shared_timeout_ms", int, DEFAULT_SHARED_TIMEOUT_MS,
+        "Timeout of each shared-tier call; past it llmreel goes on without Redis.",
+    ),
+    Option(
+        "llmreel_shared_max_bytes", int, DEFAULT_SHARED_MAX_BYTES,
+        "Recordings that pack (compressed) to more than this many bytes stay in the local store.",
     ),
     Option(
         "llmreel_otlp_endpoint", str, "",

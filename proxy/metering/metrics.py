@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from llmreel.storage.lmdbstore import WRITE_ERROR_REASONS
+from llmreel.storage.shared import ERROR_REASONS as SHARED_ERROR_REASONS
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -35,6 +36,8 @@ DURATION_BUCKETS = (
 TOKEN_BUCKETS = (
     1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
 )  # fmt: skip
+#: Shared-tier (Redis) calls: `llmreel_shared_seconds{op}`.
+SHARED_OPS = ("get", "put", "lease")
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 #: Why a complete response was not recorded (`llmreel_recordings_skipped_total{reason}`).
 SKIP_REASONS = ("too_large", "copy_failed")
@@ -230,6 +233,34 @@ class Metrics:
             registry=r,
         )
         registry.register(StoreCollector(store_stats))
+        # The shared tier (--shared, docs/shared.md). Registered with zero series whether or
+        # not it is on, so dashboards have data and rate() works before the first event.
+        self.shared_hits = Counter(
+            "llmreel_shared_hits", "Lookups that the local store missed and Redis answered.",
+            registry=r,
+        )
+        self.shared_misses = Counter(
+            "llmreel_shared_misses", "Lookups that missed both the local store and Redis.",
+            registry=r,
+        )
+        self.shared_writes = Counter(
+            "llmreel_shared_writes", "Recordings written to Redis.", registry=r
+        )
+        self.shared_errors = Counter(
+            "llmreel_shared_errors",
+            "Shared-tier calls that failed and were skipped (traffic went on with the local store "
+            "and the upstream): timeout, connection, auth, protocol, corrupt, too_large.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in SHARED_ERROR_REASONS:
+            self.shared_errors.labels(reason)
+        self.shared_seconds = Histogram(
+            "llmreel_shared_seconds", "Time of shared-tier calls to Redis, by operation.",
+            ["op"], buckets=OVERHEAD_BUCKETS, registry=r,
+        )  # fmt: skip
+        for op in SHARED_OPS:
+            self.shared_seconds.labels(op)
 
     def observe(self, ex: Exchange) -> None:
         """Account for one finished exchange."""
