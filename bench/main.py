@@ -124,7 +124,7 @@ def start_servers(procs: Procs, work: Path) -> dict[str, Proc]:
     specs: dict[str, list[str]] = {}
     ports: dict[str, int] = {"upstream": up_port}
     for name in ("mitmdump_forward", "mitmdump_hook", "mitmdump_stream", "llmreel",
-                 "llmreel_passthrough"):  # fmt: skip
+                 "llmreel_passthrough", "llmreel_w2", "llmreel_passthrough_w2"):  # fmt: skip
         ports[name] = free_port()
     specs["upstream"] = upstream_argv(up_port)
     specs["mitmdump_forward"] = mitmdump_argv(ports["mitmdump_forward"], up_port, confdir)
@@ -135,6 +135,17 @@ def start_servers(procs: Procs, work: Path) -> dict[str, Proc]:
     specs["llmreel"] = llmreel_argv(ports["llmreel"], up_port, work / "store-auto", confdir)
     specs["llmreel_passthrough"] = llmreel_argv(
         ports["llmreel_passthrough"], up_port, work / "store-pass", confdir, mode="passthrough"
+    )
+    specs["llmreel_w2"] = llmreel_argv(
+        ports["llmreel_w2"], up_port, work / "store-auto-w2", confdir, workers=2
+    )
+    specs["llmreel_passthrough_w2"] = llmreel_argv(
+        ports["llmreel_passthrough_w2"],
+        up_port,
+        work / "store-pass-w2",
+        confdir,
+        mode="passthrough",
+        workers=2,
     )
     servers = {name: procs.spawn(name, argv, ports[name]) for name, argv in specs.items()}
     procs.wait_ready(*servers.values())
@@ -248,6 +259,11 @@ def run_memory(procs: Procs, servers: dict[str, Proc], work: Path, cfg: Config) 
         "llmreel_after_load_mb": round(servers["llmreel"].rss_mb(), 1),
         "llmreel_passthrough_after_load_mb": round(servers["llmreel_passthrough"].rss_mb(), 1),
         "mitmdump_forward_after_load_mb": round(servers["mitmdump_forward"].rss_mb(), 1),
+        "llmreel_w2_supervisor_mb": round(servers["llmreel_w2"].rss_mb(), 1),
+        "llmreel_w2_workers_after_load_mb": servers["llmreel_w2"].worker_rss_mb(),
+        "llmreel_passthrough_w2_workers_after_load_mb": (
+            servers["llmreel_passthrough_w2"].worker_rss_mb()
+        ),
     }
 
 
@@ -258,8 +274,8 @@ def run_profiles(wrk: Wrk, servers: dict[str, Proc], work: Path, seconds: float)
     """py-spy (GIL holder only, non-blocking) on each proxy while wrk loads it."""
     out: dict[str, Any] = {"seconds": seconds, "sampler": "py-spy --gil --nonblocking, 100 Hz"}
     for scenario in throughput.SCENARIOS:
-        if scenario.target == "upstream":
-            continue
+        if scenario.target == "upstream" or scenario.name.endswith("_w2"):
+            continue  # (a supervisor proxies nothing: its workers are the one-worker profile)
         server = servers[scenario.target]
         raw = work / f"profile-{scenario.name}.txt"
         spy = profile.start(server.pid, seconds, raw)
@@ -345,10 +361,11 @@ def run(cfg: Config, skip_store: bool) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="llmreel-bench-"))
     try:
         with Procs(work) as procs:
-            log("starting the fake upstream, 3 bare mitmdumps and 2 llmreels")
+            log("starting the fake upstream, 3 bare mitmdumps and 4 llmreels (2 with 2 workers)")
             servers = start_servers(procs, work)
             wrk = Wrk(work, connections=cfg.connections)
             passes = throughput.prerecord_hit_set(servers["llmreel"].port)
+            passes = max(passes, throughput.prerecord_hit_set(servers["llmreel_w2"].port))
             log(f"hit set recorded ({passes + 1} pass(es)); throughput: {cfg.rounds} round(s) "
                 f"x {len(throughput.SCENARIOS)} paths x {cfg.seconds:g} s")  # fmt: skip
             runs = throughput.run_rounds(wrk, servers, cfg.rounds, cfg.seconds, cfg.warmup,
@@ -378,7 +395,10 @@ def run(cfg: Config, skip_store: bool) -> dict[str, Any]:
             )
             log("explained misses: 10,000 recordings, before and after the endpoint index")
             results["misses"] = missbench.run(
-                work / "misses", 10_000, misses=20 if cfg.quick else 40, before=3 if cfg.quick else 5
+                work / "misses",
+                10_000,
+                misses=20 if cfg.quick else 40,
+                before=3 if cfg.quick else 5,
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -96,7 +96,9 @@ def _compare(store: Store, misses: list[dict[str, Any]], before_n: int) -> dict[
     }
 
 
-def run(directory: Path, entries: int = 10_000, misses: int = 40, before: int = 5) -> dict[str, Any]:
+def run(
+    directory: Path, entries: int = 10_000, misses: int = 40, before: int = 5
+) -> dict[str, Any]:
     """Fill an LMDB store and an export directory with `entries` recordings; time misses."""
     factory = _Factory()
     lmdb_path, export_path = directory / "lmdb", directory / "export"

@@ -78,6 +78,10 @@ class Proc:
     def rss_mb(self) -> float:
         return rss_mb(self.pid)
 
+    def worker_rss_mb(self) -> list[float]:
+        """RSS of each process below this one (the workers of llmreel --workers N)."""
+        return [round(rss_mb(p), 1) for p in descendants(self.pid)]
+
 
 class Procs:
     """A set of running servers; use as a context manager so every one is stopped."""
@@ -167,13 +171,46 @@ def mitmdump_argv(
 
 
 def llmreel_argv(
-    port: int, upstream_port: int, store: Path, confdir: Path, mode: str = "auto"
+    port: int,
+    upstream_port: int,
+    store: Path,
+    confdir: Path,
+    mode: str = "auto",
+    workers: int = 1,
 ) -> list[str]:
     return [
         str(BIN / "llmreel"), "serve", "--mode", mode, "--port", str(free_port()),
         "--metrics-port", "0", "--store", str(store), "--confdir", str(confdir),
-        "--reverse", f"http://{HOST}:{upstream_port}@{port}",
+        "--reverse", f"http://{HOST}:{upstream_port}@{port}", "--workers", str(workers),
     ]  # fmt: skip
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (a supervisor's workers)."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return found
+    for task in tasks:
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of `pid` and every live process below it (llmreel with --workers)."""
+    total = 0.0
+    for p in [pid, *descendants(pid)]:
+        try:
+            total += cpu_seconds(p)
+        except FileNotFoundError:
+            continue
+    return total
 
 
 def cpu_seconds(pid: int) -> float:

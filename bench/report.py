@@ -16,6 +16,9 @@ NOTES_END = "<!-- /notes -->"
 TARGETS = [
     ("hit_rps_ratio_vs_mitmdump_hook", "hit-path throughput vs bare mitmdump hook", 0.9, ">="),
     ("miss_rps_ratio_vs_mitmdump_forward", "miss-path throughput vs bare mitmdump forwarding", 0.9, ">="),
+    ("hit_w2_rps_ratio_vs_mitmdump_hook", "hit-path throughput, 2 workers, vs bare mitmdump hook", 1.4, ">="),
+    ("miss_w2_rps_ratio_vs_mitmdump_forward", "miss-path throughput, 2 workers, vs bare mitmdump forwarding", 1.05, ">="),
+    ("rss_mb_per_worker", "RSS per llmreel process after the throughput rounds (MiB)", 150.0, "<="),
     ("ttfc_added_ms_vs_mitmdump_stream", "TTFC added vs bare mitmdump streaming (ms)", 2.0, "<="),
     ("lookup_p99_ms_at_1m", "hit lookup p99 at 1M entries (ms)", 1.0, "<="),
     ("rss_mb_100_streams", "RSS with 100 concurrent streams (MiB)", 250.0, "<="),
@@ -26,7 +29,9 @@ def headline(results: dict[str, Any]) -> None:
     """Add the top-level keys the issue asks for, and whether each target is met."""
     ratios = results.get("ratios", {})
     for key in ("hit_rps_ratio_vs_mitmdump_hook", "miss_rps_ratio_vs_mitmdump_forward",
-                "passthrough_rps_ratio_vs_mitmdump_forward"):  # fmt: skip
+                "passthrough_rps_ratio_vs_mitmdump_forward", "hit_w2_rps_ratio_vs_mitmdump_hook",
+                "miss_w2_rps_ratio_vs_mitmdump_forward",
+                "passthrough_w2_rps_ratio_vs_mitmdump_forward"):  # fmt: skip
         results[key] = ratios.get(key, {}).get("median")
     results["ttfc_added_ms_vs_mitmdump_stream"] = results.get("streaming", {}).get(
         "ttfc_added_ms_vs_mitmdump_stream"
@@ -40,6 +45,13 @@ def headline(results: dict[str, Any]) -> None:
     results["rss_mb_100_streams"] = (
         results.get("memory", {}).get("llmreel_fresh", {}).get("peak_mb")
     )
+    memory = results.get("memory", {})
+    per_process = [
+        memory.get("llmreel_after_load_mb"),
+        *memory.get("llmreel_w2_workers_after_load_mb", []),
+    ]
+    per_process = [m for m in per_process if m is not None]
+    results["rss_mb_per_worker"] = max(per_process) if per_process else None
     targets = {}
     for key, what, target, op in TARGETS:
         value = results.get(key)
@@ -68,6 +80,12 @@ def _floor_of(name: str) -> tuple[str, str] | None:
         "llmreel_hit": ("mitmdump_hook", "hit_rps_ratio_vs_mitmdump_hook"),
         "llmreel_miss": ("mitmdump_forward", "miss_rps_ratio_vs_mitmdump_forward"),
         "llmreel_passthrough": ("mitmdump_forward", "passthrough_rps_ratio_vs_mitmdump_forward"),
+        "llmreel_hit_w2": ("mitmdump_hook", "hit_w2_rps_ratio_vs_mitmdump_hook"),
+        "llmreel_miss_w2": ("mitmdump_forward", "miss_w2_rps_ratio_vs_mitmdump_forward"),
+        "llmreel_passthrough_w2": (
+            "mitmdump_forward",
+            "passthrough_w2_rps_ratio_vs_mitmdump_forward",
+        ),
         "mitmdump_forward": ("direct", "mitmdump_forward_rps_ratio_vs_direct"),
     }.get(name)
 
@@ -158,6 +176,17 @@ def memory_lines(results: dict[str, Any]) -> list[str]:
         f"After the throughput rounds: llmreel (auto) {m['llmreel_after_load_mb']} MiB, llmreel "
         f"(passthrough) {m['llmreel_passthrough_after_load_mb']} MiB, bare mitmdump forwarding "
         f"{m['mitmdump_forward_after_load_mb']} MiB.",
+        *(
+            [
+                "",
+                f"With `--workers 2`: the supervisor {m['llmreel_w2_supervisor_mb']} MiB; each "
+                f"worker after the rounds {', '.join(map(str, m['llmreel_w2_workers_after_load_mb']))}"
+                f" MiB (auto), {', '.join(map(str, m['llmreel_passthrough_w2_workers_after_load_mb']))}"
+                " MiB (passthrough).",
+            ]
+            if "llmreel_w2_workers_after_load_mb" in m
+            else []
+        ),
     ]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import payloads
 from .load import BODY_HEADER, HIT_SET, Wrk, WrkResult
-from .procs import HOST, Proc, cpu_seconds, log, machine_busy
+from .procs import HOST, Proc, cpu_seconds, log, machine_busy, tree_cpu_seconds
 from .stats import median
 
 
@@ -31,6 +31,14 @@ SCENARIOS = [
     Scenario("llmreel_miss", "llmreel", "unique", "llmreel miss (record)"),
     Scenario("llmreel_hit", "llmreel", "cycle", "llmreel hit (replay)"),
     Scenario("llmreel_passthrough", "llmreel_passthrough", "unique", "llmreel passthrough"),
+    Scenario("llmreel_miss_w2", "llmreel_w2", "unique", "llmreel miss, 2 workers"),
+    Scenario("llmreel_hit_w2", "llmreel_w2", "cycle", "llmreel hit, 2 workers"),
+    Scenario(
+        "llmreel_passthrough_w2",
+        "llmreel_passthrough_w2",
+        "unique",
+        "llmreel passthrough, 2 workers",
+    ),
 ]
 
 #: (ratio name, numerator scenario, floor scenario)
@@ -39,6 +47,9 @@ RATIOS = [
     ("miss_rps_ratio_vs_mitmdump_forward", "llmreel_miss", "mitmdump_forward"),
     ("passthrough_rps_ratio_vs_mitmdump_forward", "llmreel_passthrough", "mitmdump_forward"),
     ("mitmdump_forward_rps_ratio_vs_direct", "mitmdump_forward", "direct"),
+    ("hit_w2_rps_ratio_vs_mitmdump_hook", "llmreel_hit_w2", "mitmdump_hook"),
+    ("miss_w2_rps_ratio_vs_mitmdump_forward", "llmreel_miss_w2", "mitmdump_forward"),
+    ("passthrough_w2_rps_ratio_vs_mitmdump_forward", "llmreel_passthrough_w2", "mitmdump_forward"),
 ]
 
 
@@ -51,7 +62,7 @@ def measure(
     wrk: Wrk, scenario: Scenario, server: Proc, upstream: Proc, seconds: float
 ) -> dict[str, Any]:
     """One wrk run, plus the CPU the proxy, upstream, wrk and everything else used meanwhile."""
-    proxy_cpu = cpu_seconds(server.pid)
+    proxy_cpu = tree_cpu_seconds(server.pid)  # with its workers, if it has any
     up_cpu = cpu_seconds(upstream.pid)
     wrk_cpu = _children_cpu()
     busy, _ = machine_busy()
@@ -60,7 +71,7 @@ def measure(
         server.port, mode=scenario.mode, seconds=seconds, max_requests=int(5000 * seconds)
     )
     elapsed = time.monotonic() - started
-    proxy_cpu = cpu_seconds(server.pid) - proxy_cpu
+    proxy_cpu = tree_cpu_seconds(server.pid) - proxy_cpu
     up_cpu = cpu_seconds(upstream.pid) - up_cpu
     wrk_cpu = _children_cpu() - wrk_cpu
     busy = machine_busy()[0] - busy
@@ -181,8 +192,8 @@ def checks(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
             where = f"{name} round {row['round']}"
             if row["errors"] or row["non200"]:
                 problems.append(f"{where}: {row['errors']} socket errors, {row['non200']} non-200")
-            if name == "llmreel_hit" and row["hits"] < row["requests"]:
+            if name.startswith("llmreel_hit") and row["hits"] < row["requests"]:
                 problems.append(f"{where}: only {row['hits']} of {row['requests']} were hits")
-            if name == "llmreel_miss" and row["misses"] < row["requests"]:
+            if name.startswith("llmreel_miss") and row["misses"] < row["requests"]:
                 problems.append(f"{where}: only {row['misses']} of {row['requests']} were misses")
     return problems
