@@ -24,6 +24,7 @@ from mitmproxy.net import encoding
 from mitmproxy.proxy import server_hooks
 from prometheus_client import CollectorRegistry
 
+from llmreel.addons.replies import Replies
 from llmreel.core.errors import ErrorReply
 from llmreel.core.wire import (
     CACHE_HEADER,
@@ -42,6 +43,8 @@ from llmreel.storage.stores import open_store
 log = logging.getLogger("llmreel")
 
 META = "llmreel"
+#: llmreel's own request headers as they appear in raw header fields (lower-cased).
+_CONTROL_NAMES = frozenset(name.encode() for name in CONTROL_HEADERS)
 
 
 class Recorder:
@@ -58,6 +61,7 @@ class Recorder:
         self.metrics_server = MetricsServer(self.engine.registry)
         self._own_ports: frozenset[int] = frozenset()
         self._conn_contexts: dict[str, str] = {}
+        self._replies = Replies()
         self.is_running = False
         self.control_error: str | None = None
 
@@ -160,9 +164,7 @@ class Recorder:
             state.paced = True
             req.url = f"http://{host}:{port}{self.engine.pacer.register(answer, state.key)}"
         elif isinstance(answer, Recording):
-            flow.response = http.Response.make(
-                answer.status, answer.body, tagged_headers(answer.headers, "hit", state.key)
-            )
+            flow.response = self._replies.response(answer, state.key)
         elif isinstance(answer, ErrorReply):
             flow.response = http.Response.make(
                 answer.status, answer.body, tagged_headers(answer.headers, state.outcome, state.key)
@@ -218,15 +220,18 @@ def _context_token(proxy_authorization: str) -> str:
 
 def _head(flow: http.HTTPFlow, context: str) -> RequestHead:
     req = flow.request
-    controls = {name: value for name in CONTROL_HEADERS if (value := req.headers.pop(name, None))}
+    controls: dict[str, str] = {}
+    if any(name.lower() in _CONTROL_NAMES for name, _ in req.headers.fields):
+        controls = {n: value for n in CONTROL_HEADERS if (value := req.headers.pop(n, None))}
     peer = flow.client_conn.peername
+    path, has_query, _ = req.path.partition("?")
     return RequestHead(
         method=req.method,
         scheme=req.scheme,
         host=req.host,
         port=req.port,
-        path=req.path.partition("?")[0],
-        query=list(req.query.items(multi=True)),
+        path=path,
+        query=list(req.query.items(multi=True)) if has_query else [],
         headers=list(req.headers.items(multi=True)),
         read_body=lambda: req.get_content(strict=False) or b"",
         controls=controls,

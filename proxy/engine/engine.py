@@ -33,11 +33,11 @@ from llmreel.core.errors import (
     offline_miss,
 )
 from llmreel.core.failures import failure_type
-from llmreel.core.keys import KeyConfig, canonical_request, parse_body, request_digest
+from llmreel.core.keys import KeyConfig
 from llmreel.core.lookup import Found, lookup
 from llmreel.core.modes import CONTROLS, MODES, plan
 from llmreel.core.pacing import parse_pace
-from llmreel.core.redact import credential_of, credential_scope, mask_headers
+from llmreel.core.redact import HeaderMasker, credential_of, credential_scope
 from llmreel.core.singleflight import SingleFlight
 from llmreel.core.timeparse import parse_duration
 from llmreel.core.wire import (
@@ -53,6 +53,7 @@ from llmreel.core.wire import (
 from llmreel.engine.accounting import Accountant, Outcome, ttfc
 from llmreel.engine.control import Contexts, ControlServer, Recent
 from llmreel.engine.flowstate import FlowState
+from llmreel.engine.keying import Keyer
 from llmreel.engine.options import DEFAULTS, ConfigError
 from llmreel.engine.pacer import Pacer
 from llmreel.log.exchangelog import ExchangeLog
@@ -67,9 +68,7 @@ from llmreel.providers import (
     ResponseSummary,
     Usage,
     classify,
-    request_model,
     summarize,
-    wants_stream,
 )
 from llmreel.providers.hosts import parse_host_mappings
 from llmreel.storage.lmdbstore import LmdbStore, Store, StoreError, validate_namespace
@@ -140,7 +139,8 @@ class Engine:
         self.accountant = Accountant(self.metrics, self.report)
         self.accountant.sinks.append(self._remember)
         self.flights = SingleFlight(SINGLE_FLIGHT_WAIT_S)
-        self.key_config = KeyConfig()
+        self._keyer = Keyer(KeyConfig())
+        self._mask_headers = HeaderMasker()
         self.hosts: HostMap = DEFAULT_HOSTS
         self.mode = "auto"
         self.default_namespace = "default"
@@ -161,6 +161,14 @@ class Engine:
         self._occurrences: BoundedCounter[tuple[str, str]] = BoundedCounter(SEQUENCE_CAP)
         self._stale_warned: BoundedSet[str] = BoundedSet(STALE_WARN_CAP)
         self._write_errors = ThrottledLog(log)
+
+    @property
+    def key_config(self) -> KeyConfig:
+        return self._keyer.config
+
+    @key_config.setter
+    def key_config(self, config: KeyConfig) -> None:
+        self._keyer = Keyer(config)  # keys remembered under another config no longer hold
 
     @property
     def sinks(self) -> list[Callable[[Any], None]]:
@@ -377,29 +385,25 @@ class Engine:
                 f"llmreel: bad {NAMESPACE_HEADER} header: {exc}.", "llmreel_bad_header",
             )  # fmt: skip
         body = head.read_body()
-        parsed = parse_body(body)
-        canonical = canonical_request(
-            head.method, head.scheme, head.host, head.port, head.path, head.query, head.headers,
-            body, self.key_config, parsed_body=parsed,
-        )  # fmt: skip
-        key = request_digest(canonical)
+        # A body keyed before (a replay) is not parsed and hashed again (see engine/keying.py).
+        keyed = self._keyer.key(endpoint, head, body)
+        key = keyed.key
         seq = self._occurrences.next((namespace, key)) if self.sequence else 0
         return FlowState(
             endpoint=endpoint,
             plan=plan(self.mode, control.strip().lower() if control else None),
             namespace=namespace,
             key=key,
-            canonical=canonical,
-            # Behaviour is read from the body as sent: --ignore-field changes only the key.
-            model=request_model(endpoint, head.path, parsed),
-            stream=wants_stream(endpoint, head.path, "", parsed),
+            canonical=keyed.canonical,
+            model=keyed.model,
+            stream=keyed.stream,
             started=self._clock(),
             started_unix=head.started_unix,
             method=head.method,
             url=masked_url(head.scheme, head.host, head.port, head.path, head.query),
             client=head.client,
             listener=head.listener,
-            request_headers=mask_headers(head.headers),
+            request_headers=self._mask_headers(head.headers),
             request_body=body,
             seq=seq,
             session=(head.controls.get(SESSION_HEADER) or context.session or "")[:200],
@@ -545,7 +549,7 @@ class Engine:
 
     def _finish(self, state: FlowState, resp: ResponseInfo) -> bool:
         now = self._clock()
-        headers = mask_headers(resp.headers)
+        headers = self._mask_headers(resp.headers)
         if state.replay is not None:
             rec = state.replay
             usage = Usage(**rec.usage) if rec.usage else None

@@ -30,9 +30,11 @@ from llmreel.log.packing import LogRecordError, pack_exchange, unpack_head, unpa
 from llmreel.log.query import LogFilter, StatsRow, stats
 from llmreel.log.retention import PRUNE_INTERVAL_S, PrunableStore, Retention
 from llmreel.log.throttle import ThrottledLog
+from llmreel.storage.lmdbstore import StoreError
+from llmreel.storage.records import Recording
 
 if TYPE_CHECKING:
-    from llmreel.core.exchange import Exchange
+    from llmreel.core.exchange import Exchange, RecordingRef
 
 __all__ = [
     "DEFAULT_RETENTION_S",
@@ -55,6 +57,9 @@ class LogStore(PrunableStore, Protocol):
 
     path: str
 
+    def get(
+        self, namespace: str, key: str, seq: int = 0, *, request: bool = True
+    ) -> Recording | None: ...
     def get_raw(self, db: bytes, key: bytes) -> bytes | None: ...
     def count(self, db: bytes) -> int: ...
     def flush(self, timeout: float | None = None) -> None: ...
@@ -101,7 +106,7 @@ class ExchangeLog:
             # Packing (scrubbing, compressing) happens in the store's writer thread.
             # `size` bounds the writer's queue by what the entry holds until it is packed.
             future = self.store.submit_raw(
-                [(LOG_DB, ex.id.encode(), partial(pack_exchange, ex))],
+                [(LOG_DB, ex.id.encode(), partial(pack_exchange, ex, recorded=self.recorded))],
                 size=len(ex.request_body) + len(ex.response_body) + 1024,
             )
         except Exception as exc:  # noqa: BLE001 - a bug here must cost a log line, not a request
@@ -109,6 +114,19 @@ class ExchangeLog:
             return
         future.add_done_callback(self._committed)
         self.retention.entry_added()
+
+    def recorded(self, ref: RecordingRef) -> bytes | None:
+        """The body of the recording `ref` names, if the store holds that version of it."""
+        try:
+            rec = self.store.get(ref.namespace, ref.key, ref.seq, request=False)
+        except StoreError as exc:
+            log.warning("cannot read recording %s for the log: %s", ref.key, exc)
+            return None
+        return rec.body if rec is not None and rec.recorded_at == ref.recorded_at else None
+
+    def record(self, data: bytes) -> dict[str, Any]:
+        """The full record of a stored log value (see `unpack_record`)."""
+        return unpack_record(data, recorded=self.recorded)
 
     def _committed(self, future: concurrent.futures.Future[None]) -> None:
         error = future.exception()
@@ -152,7 +170,7 @@ class ExchangeLog:
             if len(found) > 1:
                 raise AmbiguousExchange(id_or_prefix, [k.decode() for k, _ in found[:2]])
             raw = found[0][1]
-        return unpack_record(raw)
+        return self.record(raw)
 
     def iter(
         self,
@@ -189,7 +207,7 @@ class ExchangeLog:
                 if full:
                     # Bodies are stored raw (see pack_exchange): a streamed answer is spread over
                     # many events, so only the expanded record can be searched.
-                    record = unpack_record(value)
+                    record = self.record(value)
                     if not flt.matches_content(record):
                         continue
             except (LogRecordError, orjson.JSONDecodeError) as exc:

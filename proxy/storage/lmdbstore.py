@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import lmdb
 import orjson
 
+from llmreel.core.bounded import BoundedCache
 from llmreel.core.diff import sketch
 from llmreel.storage.backlog import (
     CLOSE_REPORT_INTERVAL_S,
@@ -70,6 +71,10 @@ _Writes = list[tuple[bytes, bytes, bytes | None]]
 Value = bytes | Callable[[], bytes] | None
 #: What a value made by a function is assumed to weigh in the backlog, unless told.
 _LAZY_VALUE_BYTES = 4096
+#: Memory for recordings kept decoded for replays (`LmdbStore.get`): the hot set of a test
+#: suite, well under the proxy's RSS budget.
+DECODED_CACHE_BYTES = 32 << 20
+_DECODED_OVERHEAD = 1024  # a decoded recording's objects besides its body
 
 
 @dataclass(slots=True)
@@ -173,6 +178,7 @@ class LmdbStore:
         max_map_size: int = MAX_MAP_SIZE,
         backlog_bytes: int = DEFAULT_BACKLOG_BYTES,
         backlog_jobs: int = DEFAULT_BACKLOG_JOBS,
+        decoded_cache_bytes: int = DECODED_CACHE_BYTES,
     ) -> None:
         self.path = str(path)
         self.max_map_size = max_map_size
@@ -225,6 +231,11 @@ class LmdbStore:
         self._submit_lock = threading.Lock()
         self._reindex_lock = threading.Lock()
         self._reindexed_at: float | None = None
+        #: Recordings decoded for replay, by entry key, with the stored bytes they came from.
+        self._decoded: BoundedCache[bytes, tuple[bytes, Recording]] = BoundedCache(
+            decoded_cache_bytes
+        )
+        self._decoded_lock = threading.Lock()
 
     def _check_length(self, data_file: Path) -> None:
         # A truncated data file opens fine, but reading its missing pages kills the process
@@ -274,17 +285,33 @@ class LmdbStore:
     # --- reading ------------------------------------------------------------------------------
 
     def get(self, namespace: str, key: str, seq: int = 0, *, request: bool = True) -> Recording | None:
-        """The recording, or None; `request=False` skips parsing its canonical request."""
-        raw = self._read(entry_key(namespace, key, seq))
+        """The recording, or None; `request=False` skips parsing its canonical request.
+
+        Replays (`request=False`) of a value read before are served decoded from a bounded
+        cache: the value is still read from the store every time (another process may have
+        replaced or removed it), and the decoded recording is reused only if the stored bytes
+        are the same. Callers must not modify a returned recording.
+        """
+        db_key = entry_key(namespace, key, seq)
+        raw = self._read(db_key)
         if raw is None:
             return None
+        if not request:
+            with self._decoded_lock:
+                cached = self._decoded.get(db_key)
+            if cached is not None and cached[0] == raw:
+                return cached[1]
         try:
-            return unpack(raw, request=request)
+            rec = unpack(raw, request=request)
         except RecordError as exc:
             raise StoreError(
                 f"recording {key} in {self.path} is corrupt ({exc}); "
                 f"remove it with `llmreel cache rm {key}` and record it again"
             ) from exc
+        if not request:
+            with self._decoded_lock:
+                self._decoded.put(db_key, (raw, rec), len(raw) + len(rec.body) + _DECODED_OVERHEAD)
+        return rec
 
     def _read(self, db_key: bytes, db: bytes = b"entries") -> bytes | None:
         handle = self._dbs[db]
@@ -353,7 +380,8 @@ class LmdbStore:
         while True:
             try:
                 with self._gate.shared():
-                    seen_size = int(self.env.info()["map_size"])
+                    # Only a write can fill the map; reads skip asking for its size.
+                    seen_size = int(self.env.info()["map_size"]) if write else 0
                     with self.env.begin(write=write) as txn:
                         return work(txn)
             except lmdb.MapFullError:
