@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -53,6 +54,7 @@ from llmreel.core.wire import (
 from llmreel.engine.accounting import Accountant, Outcome, ttfc
 from llmreel.engine.control import Contexts, ControlServer, Recent
 from llmreel.engine.flowstate import FlowState
+from llmreel.engine.handoff import LoopHandoff
 from llmreel.engine.keying import Keyer
 from llmreel.engine.options import DEFAULTS, ConfigError
 from llmreel.engine.pacer import Pacer
@@ -161,6 +163,7 @@ class Engine:
         self._occurrences: BoundedCounter[tuple[str, str]] = BoundedCounter(SEQUENCE_CAP)
         self._stale_warned: BoundedSet[str] = BoundedSet(STALE_WARN_CAP)
         self._write_errors = ThrottledLog(log)
+        self._handoff: LoopHandoff | None = None
 
     @property
     def key_config(self) -> KeyConfig:
@@ -615,16 +618,21 @@ class Engine:
             seq=state.seq,
         )
         future = self.store.submit(rec)
-        loop = asyncio.get_running_loop()
+        handoff = self._handoff_for(asyncio.get_running_loop())
 
         def committed(done: concurrent.futures.Future[None]) -> None:
-            try:
-                loop.call_soon_threadsafe(self._after_write, state, done)
-            except RuntimeError:  # the loop has closed (shutdown): nobody is waiting any more
-                state.release(False)
+            # On the loop, batched with the other recordings of the commit; if the loop has
+            # closed (shutdown), nobody is waiting any more.
+            handoff.call(partial(self._after_write, state, done), partial(state.release, False))
 
         future.add_done_callback(committed)
         return True
+
+    def _handoff_for(self, loop: asyncio.AbstractEventLoop) -> LoopHandoff:
+        handoff = self._handoff
+        if handoff is None or handoff.loop is not loop:
+            handoff = self._handoff = LoopHandoff(loop)
+        return handoff
 
     def _after_write(self, state: FlowState, done: concurrent.futures.Future[None]) -> None:
         error = done.exception()
