@@ -14,11 +14,10 @@ writes, on LMDB snapshots that never block the writer. Entries past the retentio
 
 from __future__ import annotations
 
-import concurrent.futures
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -30,7 +29,7 @@ from llmreel.log.packing import LogRecordError, pack_exchange, unpack_head, unpa
 from llmreel.log.query import LogFilter, StatsRow, stats
 from llmreel.log.retention import PRUNE_INTERVAL_S, PrunableStore, Retention
 from llmreel.log.throttle import ThrottledLog
-from llmreel.storage.lmdbstore import StoreError
+from llmreel.storage.lmdbstore import StoreError, Value
 from llmreel.storage.records import Recording
 
 if TYPE_CHECKING:
@@ -61,6 +60,13 @@ class LogStore(PrunableStore, Protocol):
         self, namespace: str, key: str, seq: int = 0, *, request: bool = True
     ) -> Recording | None: ...
     def get_raw(self, db: bytes, key: bytes) -> bytes | None: ...
+    def post_raw(
+        self,
+        writes: Sequence[tuple[bytes, bytes, Value]],
+        *,
+        size: int | None = None,
+        on_error: Callable[[StoreError], None],
+    ) -> None: ...
     def count(self, db: bytes) -> int: ...
     def flush(self, timeout: float | None = None) -> None: ...
 
@@ -105,14 +111,15 @@ class ExchangeLog:
         try:
             # Packing (scrubbing, compressing) happens in the store's writer thread.
             # `size` bounds the writer's queue by what the entry holds until it is packed.
-            future = self.store.submit_raw(
+            # Nobody waits for a log entry: no future, only a report if it fails.
+            self.store.post_raw(
                 [(LOG_DB, ex.id.encode(), partial(pack_exchange, ex, recorded=self.recorded))],
                 size=len(ex.request_body) + len(ex.response_body) + 1024,
+                on_error=self._report,
             )
         except Exception as exc:  # noqa: BLE001 - a bug here must cost a log line, not a request
             self._report(exc)
             return
-        future.add_done_callback(self._committed)
         self.retention.entry_added()
 
     def recorded(self, ref: RecordingRef) -> bytes | None:
@@ -127,11 +134,6 @@ class ExchangeLog:
     def record(self, data: bytes) -> dict[str, Any]:
         """The full record of a stored log value (see `unpack_record`)."""
         return unpack_record(data, recorded=self.recorded)
-
-    def _committed(self, future: concurrent.futures.Future[None]) -> None:
-        error = future.exception()
-        if error is not None:
-            self._report(error)
 
     def _report(self, error: BaseException) -> None:
         self._errors.error("exchange log entry not saved: %s", error)

@@ -19,7 +19,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -85,7 +85,10 @@ class _Job:
     """
 
     writes: Sequence[tuple[bytes, bytes, Value]]
-    future: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
+    future: concurrent.futures.Future[None] | None = None
+    """Resolved when the writes are committed (`submit_raw`); None for a job that only
+    reports failures (`post_raw`)."""
+    on_error: Callable[[StoreError], None] | None = None
     size: int | None = None
     """Bytes counted in the backlog; None for a flush marker, which the backlog never refuses."""
 
@@ -441,20 +444,37 @@ class LmdbStore:
         default the bytes given, and 4 KiB for each function): the backlog counts it, and the
         future fails at once, with reason "backlog", when the backlog is full.
         """
-        job = _Job(writes)
-        if writes:
-            job.size = JOB_OVERHEAD_BYTES + (size if size is not None else _weight(writes))
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._enqueue(_Job(writes, future), size)
+        return future
+
+    def post_raw(
+        self,
+        writes: Sequence[tuple[bytes, bytes, Value]],
+        *,
+        size: int | None = None,
+        on_error: Callable[[StoreError], None],
+    ) -> None:
+        """`submit_raw` for writes nobody waits for: no future is made (that is most of the
+        cost of queueing a small write); `on_error` is called, in the writer thread or here,
+        if they fail."""
+        self._enqueue(_Job(writes, on_error=on_error), size)
+
+    def _enqueue(self, job: _Job, size: int | None) -> None:
+        if job.writes:
+            job.size = JOB_OVERHEAD_BYTES + (size if size is not None else _weight(job.writes))
         with self._submit_lock:
             refused = refuse_write(self.path, self._closed, self.backlog, job.size)
-            if refused is not None:
-                job.future.set_exception(refused)
-                return job.future
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._write_loop, name="llmreel-store-writer")
-                self._writer.daemon = True
-                self._writer.start()
-            self._queue.put(job)
-        return job.future
+            if refused is None:
+                if self._writer is None:
+                    self._writer = threading.Thread(
+                        target=self._write_loop, name="llmreel-store-writer"
+                    )
+                    self._writer.daemon = True
+                    self._writer.start()
+                self._queue.put(job)
+                return
+        _settle(job, refused)  # never counted in the backlog
 
     def delete(self, namespace: str, key: str, seq: int = 0) -> bool:
         db_key = entry_key(namespace, key, seq)
@@ -505,10 +525,7 @@ class LmdbStore:
         # Out of the backlog before the future resolves: whoever waits on it sees the room.
         if job.size is not None:
             self.backlog.done(job.size)
-        if error is None:
-            job.future.set_result(None)
-        else:
-            job.future.set_exception(error)
+        _settle(job, error)
 
     def _write_batch(self, items: _Writes) -> None:
         if items:
@@ -702,6 +719,17 @@ def _disk_nearly_full(path: str) -> bool:
         return shutil.disk_usage(path).free < 16 << 20
     except OSError:
         return False
+
+
+def _settle(job: _Job, error: StoreError | None) -> None:
+    """Tell whoever submitted `job` how it ended."""
+    if job.future is not None:
+        if error is None:
+            job.future.set_result(None)
+        else:
+            job.future.set_exception(error)
+    elif error is not None and job.on_error is not None:
+        job.on_error(error)
 
 
 def _resolve(job: _Job) -> _Writes | StoreError:
