@@ -145,7 +145,7 @@ class Recorder:
         if req.port in self._own_ports and is_loopback(req.host):
             return
         context = self._conn_contexts.get(flow.client_conn.id) or _context_token(
-            req.headers.get("proxy-authorization", "")
+            _field(req.headers, b"proxy-authorization")
         )
         state = self.engine.begin(_head(flow, context))
         if isinstance(state, ErrorReply):
@@ -233,13 +233,30 @@ def _head(flow: http.HTTPFlow, context: str) -> RequestHead:
         path=path,
         query=list(req.query.items(multi=True)) if has_query else [],
         headers=list(req.headers.items(multi=True)),
-        read_body=lambda: req.get_content(strict=False) or b"",
+        read_body=lambda: _content(req),
         controls=controls,
         started_unix=req.timestamp_start,
         client=f"{peer[0]}:{peer[1]}" if peer else "",
         listener=flow.client_conn.proxy_mode.full_spec,
         context=context,
     )
+
+
+def _field(headers: http.Headers, name: bytes) -> str:
+    """The first value of header `name` (lower-case), read off the raw fields: the mapping
+    interface takes several calls per lookup, on every request."""
+    for key, value in headers.fields:
+        if key.lower() == name:
+            return value.decode("utf-8", "surrogateescape")
+    return ""
+
+
+def _content(req: http.Request) -> bytes:
+    """The request body, content-decoded (as `get_content(strict=False)`)."""
+    encoded = any(key.lower() == b"content-encoding" for key, _ in req.headers.fields)
+    if req.raw_content is not None and not encoded:
+        return req.raw_content
+    return req.get_content(strict=False) or b""
 
 
 def _body(resp: http.Response, state: FlowState) -> bytes:
