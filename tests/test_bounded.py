@@ -1,9 +1,15 @@
-"""Memory bounded by design: the caches on the hot path forget, and never grow past their bound."""
+"""The hot path's helpers: caches that forget and never grow past their bound, and compression
+that reuses its compressor."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
 from llmreel.core.bounded import BoundedCache
 from llmreel.core.redact import HeaderMasker, mask_headers
+from llmreel.storage import compress
 
 
 def test_cache_evicts_least_recently_used_by_weight() -> None:
@@ -38,3 +44,25 @@ def test_header_masker_masks_as_mask_headers_does_and_forgets_past_its_cap() -> 
     for _ in range(3):
         assert masker(headers) == mask_headers(headers)
     assert len(masker._memo) <= 2
+
+
+def test_compression_reusing_a_compressor_per_thread_makes_the_one_shot_frames() -> None:
+    import threading
+
+    zstd = pytest.importorskip("backports.zstd")
+    values = [b"", b"x", os.urandom(3000), b"lorem ipsum " * 500, os.urandom(200_000)]
+    out: dict[int, list[tuple[int, bytes]]] = {}
+
+    def run(n: int) -> None:
+        out[n] = [compress.compress(v) for v in values * 2]
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for results in out.values():
+        for value, (codec, packed) in zip(values * 2, results, strict=True):
+            if codec == compress.ZSTD:
+                assert packed == zstd.compress(value, level=1)
+            assert compress.decompress(codec, packed) == value
