@@ -197,7 +197,7 @@ class Recorder:
             return
         body = _body(resp, state)
         self.engine.finish(
-            state, ResponseInfo(resp.status_code, list(resp.headers.items(multi=True)), body)
+            state, ResponseInfo(resp.status_code, _header_list(resp.headers), body)
         )
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -232,7 +232,7 @@ def _head(flow: http.HTTPFlow, context: str) -> RequestHead:
         port=req.port,
         path=path,
         query=list(req.query.items(multi=True)) if has_query else [],
-        headers=list(req.headers.items(multi=True)),
+        headers=_header_list(req.headers),
         read_body=lambda: _content(req),
         controls=controls,
         started_unix=req.timestamp_start,
@@ -240,6 +240,14 @@ def _head(flow: http.HTTPFlow, context: str) -> RequestHead:
         listener=flow.client_conn.proxy_mode.full_spec,
         context=context,
     )
+
+
+def _header_list(headers: http.Headers) -> list[tuple[str, str]]:
+    """`list(headers.items(multi=True))`, decoded straight off the raw fields."""
+    return [
+        (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+        for k, v in headers.fields
+    ]
 
 
 def _field(headers: http.Headers, name: bytes) -> str:
