@@ -30,7 +30,7 @@ class LoopHandoff:
         """Run `run` on the loop soon; if the loop has closed (shutdown), `if_closed` here."""
         with self._lock:
             self._pending.append((run, if_closed))
-            if len(self._pending) > 1:
+            if len(self._pending) > 1 and not self.loop.is_closed():
                 return  # a drain is already scheduled
         try:
             self.loop.call_soon_threadsafe(self._drain)
