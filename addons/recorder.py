@@ -24,6 +24,7 @@ from mitmproxy.net import encoding
 from mitmproxy.proxy import server_hooks
 from prometheus_client import CollectorRegistry
 
+from llmreel.addons.replies import Replies
 from llmreel.core.errors import ErrorReply
 from llmreel.core.wire import (
     CACHE_HEADER,
@@ -42,6 +43,8 @@ from llmreel.storage.stores import open_store
 log = logging.getLogger("llmreel")
 
 META = "llmreel"
+#: llmreel's own request headers as they appear in raw header fields (lower-cased).
+_CONTROL_NAMES = frozenset(name.encode() for name in CONTROL_HEADERS)
 
 
 class Recorder:
@@ -58,6 +61,7 @@ class Recorder:
         self.metrics_server = MetricsServer(self.engine.registry)
         self._own_ports: frozenset[int] = frozenset()
         self._conn_contexts: dict[str, str] = {}
+        self._replies = Replies()
         self.is_running = False
         self.control_error: str | None = None
 
@@ -141,7 +145,7 @@ class Recorder:
         if req.port in self._own_ports and is_loopback(req.host):
             return
         context = self._conn_contexts.get(flow.client_conn.id) or _context_token(
-            req.headers.get("proxy-authorization", "")
+            _field(req.headers, b"proxy-authorization")
         )
         state = self.engine.begin(_head(flow, context))
         if isinstance(state, ErrorReply):
@@ -160,9 +164,7 @@ class Recorder:
             state.paced = True
             req.url = f"http://{host}:{port}{self.engine.pacer.register(answer, state.key)}"
         elif isinstance(answer, Recording):
-            flow.response = http.Response.make(
-                answer.status, answer.body, tagged_headers(answer.headers, "hit", state.key)
-            )
+            flow.response = self._replies.response(answer, state.key)
         elif isinstance(answer, ErrorReply):
             flow.response = http.Response.make(
                 answer.status, answer.body, tagged_headers(answer.headers, state.outcome, state.key)
@@ -195,7 +197,7 @@ class Recorder:
             return
         body = _body(resp, state)
         self.engine.finish(
-            state, ResponseInfo(resp.status_code, list(resp.headers.items(multi=True)), body)
+            state, ResponseInfo(resp.status_code, _header_list(resp.headers), body)
         )
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -218,23 +220,51 @@ def _context_token(proxy_authorization: str) -> str:
 
 def _head(flow: http.HTTPFlow, context: str) -> RequestHead:
     req = flow.request
-    controls = {name: value for name in CONTROL_HEADERS if (value := req.headers.pop(name, None))}
+    controls: dict[str, str] = {}
+    if any(name.lower() in _CONTROL_NAMES for name, _ in req.headers.fields):
+        controls = {n: value for n in CONTROL_HEADERS if (value := req.headers.pop(n, None))}
     peer = flow.client_conn.peername
+    path, has_query, _ = req.path.partition("?")
     return RequestHead(
         method=req.method,
         scheme=req.scheme,
         host=req.host,
         port=req.port,
-        path=req.path.partition("?")[0],
-        query=list(req.query.items(multi=True)),
-        headers=list(req.headers.items(multi=True)),
-        read_body=lambda: req.get_content(strict=False) or b"",
+        path=path,
+        query=list(req.query.items(multi=True)) if has_query else [],
+        headers=_header_list(req.headers),
+        read_body=lambda: _content(req),
         controls=controls,
         started_unix=req.timestamp_start,
         client=f"{peer[0]}:{peer[1]}" if peer else "",
         listener=flow.client_conn.proxy_mode.full_spec,
         context=context,
     )
+
+
+def _header_list(headers: http.Headers) -> list[tuple[str, str]]:
+    """`list(headers.items(multi=True))`, decoded straight off the raw fields."""
+    return [
+        (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+        for k, v in headers.fields
+    ]
+
+
+def _field(headers: http.Headers, name: bytes) -> str:
+    """The first value of header `name` (lower-case), read off the raw fields: the mapping
+    interface takes several calls per lookup, on every request."""
+    for key, value in headers.fields:
+        if key.lower() == name:
+            return value.decode("utf-8", "surrogateescape")
+    return ""
+
+
+def _content(req: http.Request) -> bytes:
+    """The request body, content-decoded (as `get_content(strict=False)`)."""
+    encoded = any(key.lower() == b"content-encoding" for key, _ in req.headers.fields)
+    if req.raw_content is not None and not encoded:
+        return req.raw_content
+    return req.get_content(strict=False) or b""
 
 
 def _body(resp: http.Response, state: FlowState) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -450,3 +451,61 @@ def test_script_reload_reopens_the_same_store_and_metrics(tmp_path: Path) -> Non
             assert addon.metrics_port == port and addon.metrics_error is None
             assert addon.store is not None and addon.store.stats().entries == 0
             addon.done()  # closes LMDB (py-lmdb refuses a second open) and frees the port
+
+
+def _state(flow: Any) -> dict[str, Any]:
+    state = flow.response.get_state()
+    return {k: v for k, v in state.items() if not k.startswith("timestamp")}
+
+
+async def test_repeated_hits_get_the_same_response_and_their_own_headers(recorder: Recorder) -> None:
+    await exchange(recorder, chat_flow())
+    first = await exchange(recorder, chat_flow())  # built with Response.make
+    second = await exchange(recorder, chat_flow())  # copied from the prepared one
+    assert _state(second) == _state(first)
+    assert vars(second.response).keys() == vars(first.response).keys()
+    assert vars(second.response.data).keys() == vars(first.response.data).keys()
+    assert second.response.timestamp_start >= first.response.timestamp_start
+    second.response.headers["x-added-by-another-addon"] = "1"
+    third = await exchange(recorder, chat_flow())
+    assert "x-added-by-another-addon" not in third.response.headers
+    assert _state(third) == _state(first)
+
+
+_REPLACE = """
+import sys
+from llmreel.storage.lmdbstore import LmdbStore
+with LmdbStore(sys.argv[1]) as store:
+    rec = store.get("default", sys.argv[2])
+    if sys.argv[3] == "rm":
+        store.delete("default", sys.argv[2])
+    else:
+        rec.body = sys.argv[3].encode()
+        store.put(rec)
+"""
+
+
+async def test_a_recording_replaced_by_another_process_is_served_as_it_is_now(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    await exchange(recorder, chat_flow())
+    key = ""
+    for _ in range(3):  # decoded and prepared once, then served from memory
+        hit = await exchange(recorder, chat_flow())
+        assert json.loads(hit.response.content) == CHAT_RESPONSE
+        key = hit.response.headers["llmreel-key"]
+
+    async def other_process(change: str) -> None:  # as `llmreel cache` or another proxy would
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _REPLACE, str(tmp_path / "store"), key, change
+        )
+        assert await proc.wait() == 0
+
+    newer = json.dumps({**CHAT_RESPONSE, "id": "chatcmpl-elsewhere"})
+    await other_process(newer)
+    hit = await exchange(recorder, chat_flow())
+    assert hit.response.content == newer.encode()
+    assert hit.response.headers["content-length"] == str(len(newer))
+    await other_process("rm")
+    gone = await exchange(recorder, chat_flow())
+    assert gone.response.headers["llmreel-cache"] == "miss"

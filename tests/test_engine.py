@@ -386,3 +386,50 @@ def begin_canonical() -> dict[str, Any]:
     return canonical_request(
         h.method, h.scheme, h.host, h.port, h.path, h.query, h.headers, h.read_body()
     )
+
+
+async def test_a_body_keyed_before_gets_the_key_it_would_get_afresh(engine: Engine) -> None:
+    from dataclasses import replace
+
+    from llmreel.core.keys import canonical_request, request_digest
+
+    def fresh(h: RequestHead) -> str:
+        return request_digest(canonical_request(h.method, h.scheme, h.host, h.port, h.path, h.query,
+                                                h.headers, h.read_body(), engine.key_config))  # fmt: skip
+
+    plain = head({**CHAT, "user": "u1"})
+    beta = replace(plain, headers=[*plain.headers, ("OpenAI-Beta", "assistants=v2")])
+    queried = replace(plain, query=[("api-version", "2024-06-01")])
+    for h in (plain, beta, queried, plain, beta, queried):  # each twice: remembered the 2nd time
+        state = engine.begin(h)
+        assert isinstance(state, FlowState) and state.key == fresh(h)
+    assert len({fresh(h) for h in (plain, beta, queried)}) == 3
+    remembered = begin(engine, {**CHAT, "user": "u1"}).key
+    engine.configure({"llmreel_ignore_fields": ["user"]}, {"llmreel_ignore_fields"})
+    assert begin(engine, {**CHAT, "user": "u1"}).key != remembered  # a new config keys afresh
+    assert begin(engine, {**CHAT, "user": "u2"}).key == begin(engine, CHAT).key
+
+
+def test_commit_callbacks_run_on_the_loop_in_one_batch_or_here_once_it_closed() -> None:
+    from llmreel.engine.handoff import LoopHandoff
+
+    loop = asyncio.new_event_loop()
+    ran: list[str] = []
+    handoff = LoopHandoff(loop)
+    wakeups = 0
+    real = loop.call_soon_threadsafe
+
+    def counting(*args: Any) -> Any:
+        nonlocal wakeups
+        wakeups += 1
+        return real(*args)
+
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    for name in ("a", "b", "c"):
+        handoff.call(lambda name=name: ran.append(name), lambda: ran.append("closed"))
+    loop.run_until_complete(asyncio.sleep(0))
+    assert ran == ["a", "b", "c"] and wakeups == 1
+    handoff.call(lambda: ran.append("d"), lambda: ran.append("closed d"))  # scheduled, never run
+    loop.close()
+    handoff.call(lambda: ran.append("e"), lambda: ran.append("closed e"))
+    assert ran[3:] == ["closed d", "closed e"]

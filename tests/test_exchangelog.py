@@ -17,17 +17,18 @@ from typing import Any
 import orjson
 import pytest
 
-from llmreel.core.exchange import Exchange
+from llmreel.core.exchange import Exchange, RecordingRef
 from llmreel.core.ids import id_floor, id_time, new_id
 from llmreel.core.redact import fingerprint, mask_headers, mask_query
 from llmreel.log import record as logrecord
 from llmreel.log.exchangelog import AmbiguousExchange, ExchangeLog, UnknownExchange
 from llmreel.log.jsonl import JsonlSink
-from llmreel.log.packing import LogRecordError, pack_exchange, unpack_record
+from llmreel.log.packing import LogRecordError, pack_exchange, unpack_content, unpack_record
 from llmreel.log.query import LogFilter, parse_duration, parse_when, percentile, stats
 from llmreel.log.record import exchange_record, strip_bodies
 from llmreel.providers import classify, conversation, summarize
 from llmreel.storage.lmdbstore import LmdbStore
+from llmreel.storage.records import Recording
 from tests.leaks import readable
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -698,3 +699,69 @@ def test_stored_raw_bodies_expand_to_the_same_record(store: LmdbStore, fixture: 
     stored = log.get(ex.id)
     eager = json.loads(orjson.dumps(exchange_record(ex), default=str))
     assert json.loads(orjson.dumps(stored, default=str)) == eager
+
+
+def _replayed(store: LmdbStore, fixture: str) -> Exchange:
+    """A hit on a recording in `store`, as the engine accounts for it."""
+    ex = make_exchange(fixture, cache="hit", recorded=False, upstream_s=None, cost_usd=None)
+    rec = Recording(key=ex.key, namespace=ex.namespace, request={}, status=200,
+                    headers=list(ex.response_headers), body=ex.response_body,
+                    recorded_at=time.time())  # fmt: skip
+    store.put(rec)
+    ex.replayed = RecordingRef(rec.namespace, rec.key, rec.seq, rec.recorded_at)
+    return ex
+
+
+@pytest.mark.parametrize("fixture", ["openai-chat", "openai-chat-stream", "gemini-stream"])
+def test_a_hit_refers_to_its_recording_and_reads_back_the_same(
+    store: LmdbStore, fixture: str
+) -> None:
+    ex = _replayed(store, fixture)
+    log = ExchangeLog(store)
+    log.append(ex)
+    log.flush()
+    stored_value = store.get_raw(b"log", ex.id.encode())
+    assert stored_value is not None
+    assert unpack_record(stored_value, heavy=False)["response_body_size"] == len(ex.response_body)
+    # The response body is not stored again: only the request is in the record's content.
+    assert len(unpack_content(stored_value)) <= len(ex.request_body)  # scrubbed, never longer
+    eager = json.loads(orjson.dumps(exchange_record(ex), default=str))
+    assert json.loads(orjson.dumps(log.get(ex.id), default=str)) == eager
+    [listed] = log.iter(content=True)
+    assert json.loads(orjson.dumps(listed, default=str)) == eager
+
+
+def test_a_hit_whose_recording_is_gone_says_so(store: LmdbStore) -> None:
+    ex = _replayed(store, "openai-chat")
+    log = ExchangeLog(store)
+    log.append(ex)
+    log.flush()
+    assert "response_body_missing" not in log.get(ex.id)
+    store.delete(ex.namespace, ex.key)
+    record = log.get(ex.id)
+    assert record["response_body"] is None and record["request_body"] is not None
+    assert "no longer in the store" in record["response_body_missing"]
+    assert record["response_body_size"] == len(ex.response_body)  # the head is intact
+
+
+def test_a_hit_on_a_recording_replaced_before_the_write_keeps_its_body(store: LmdbStore) -> None:
+    ex = _replayed(store, "openai-chat")
+    assert ex.replayed is not None
+    store.put(Recording(key=ex.key, namespace=ex.namespace, request={}, status=200, headers=[],
+                        body=b"{}", recorded_at=ex.replayed.recorded_at + 1))  # fmt: skip
+    log = ExchangeLog(store)
+    log.append(ex)
+    log.flush()
+    store.delete(ex.namespace, ex.key)
+    eager = json.loads(orjson.dumps(exchange_record(ex), default=str))
+    assert json.loads(orjson.dumps(log.get(ex.id), default=str)) == eager
+
+
+def test_ids_are_crockford_base32_of_their_bits() -> None:
+    entropy = bytes(range(1, 11))
+    made = new_id(1_700_000_000.123, entropy)
+    value = (1_700_000_000_123 << 80) | int.from_bytes(entropy, "big")
+    digits = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    expected = "".join(digits[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+    assert made == expected and len(made) == 26
+    assert id_floor(1_700_000_000.123) == expected[:10]

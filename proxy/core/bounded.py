@@ -63,3 +63,46 @@ class BoundedCounter[K: Hashable]:
 
     def clear(self) -> None:
         self._counts.clear()
+
+
+class BoundedCache[K: Hashable, V]:
+    """A least-recently-used cache bounded by the bytes its values weigh (as the caller says)
+    and by a number of entries. A value heavier than a quarter of the budget is not kept, so
+    one huge value never evicts everything else."""
+
+    __slots__ = ("_items", "_max_bytes", "_max_items", "bytes")
+
+    def __init__(self, max_bytes: int, max_items: int = 100_000) -> None:
+        self._max_bytes = max_bytes
+        self._max_items = max_items
+        self._items: dict[K, tuple[V, int]] = {}
+        self.bytes = 0
+
+    def get(self, key: K) -> V | None:
+        found = self._items.pop(key, None)
+        if found is None:
+            return None
+        self._items[key] = found  # most recently used: last in order
+        return found[0]
+
+    def put(self, key: K, value: V, weight: int) -> None:
+        self.discard(key)
+        if weight * 4 > self._max_bytes:
+            return
+        items = self._items
+        while items and (self.bytes + weight > self._max_bytes or len(items) >= self._max_items):
+            self.bytes -= items.pop(next(iter(items)))[1]
+        items[key] = (value, weight)
+        self.bytes += weight
+
+    def discard(self, key: K) -> None:
+        found = self._items.pop(key, None)
+        if found is not None:
+            self.bytes -= found[1]
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)

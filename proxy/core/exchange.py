@@ -16,6 +16,16 @@ CACHE_OUTCOMES = (
 UNBILLED = frozenset({"hit", "offline_miss", "budget_refused"})
 
 
+@dataclass(frozen=True, slots=True)
+class RecordingRef:
+    """The recording a hit replayed: where it is in the store, and which version of it."""
+
+    namespace: str
+    key: str
+    seq: int
+    recorded_at: float
+
+
 @dataclass(slots=True)
 class Exchange:
     """Everything known about one exchange when it ends. Secrets are already masked."""
@@ -62,6 +72,8 @@ class Exchange:
     """The run id of the `llmreel run` (or `--run-id`) that proxied the call."""
     context: str = ""
     """The control API context token the call carried (not logged: it is a handle, not data)."""
+    replayed: RecordingRef | None = None
+    """For a hit: the recording whose body `response_body` is (the log refers to it)."""
 
     @property
     def status_class(self) -> str:

@@ -12,6 +12,7 @@ from typing import Final
 __all__ = ["id_floor", "id_time", "new_id"]
 
 _CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_PAIRS: Final = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
 #: A ULID's first 10 characters hold its 48-bit millisecond clock; 16 random ones follow.
 _TIME_CHARS: Final = 10
 
@@ -43,8 +44,8 @@ def id_floor(unix: float) -> str:
 
 
 def _crockford(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    # Two digits (10 bits) per step, from a table: a quarter of the work of one at a time.
+    head = _CROCKFORD[(value >> 5 * (length - 1)) & 31] if length % 2 else ""
+    return head + "".join(
+        [_PAIRS[(value >> shift) & 1023] for shift in range(10 * (length // 2) - 10, -1, -10)]
+    )

@@ -86,6 +86,37 @@ def credential_of(
 
 def credential_scope(credential: str, salt: bytes) -> str:
     """A salted, truncated HMAC of a credential: a stable cache scope that reveals nothing."""
-    return hmac.new(
-        salt, credential.encode("utf-8", "surrogateescape"), hashlib.sha256
-    ).hexdigest()[:16]
+    return hmac.new(salt, credential.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:16]
+
+
+class HeaderMasker:
+    """`mask_headers` with a memory of the header lines it masked before.
+
+    A proxy sees the same header lines again and again (the same key, content type, SDK
+    version), and masking one costs a few regex passes: each line short enough is masked once
+    and then looked up. The memory holds at most `cap` lines; past it, it starts over.
+    """
+
+    __slots__ = ("_cap", "_memo")
+
+    #: Lines longer than this are masked every time rather than remembered.
+    MAX_LINE = 1024
+
+    def __init__(self, cap: int = 4096) -> None:
+        self._cap = cap
+        self._memo: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def __call__(self, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        memo = self._memo
+        out: list[tuple[str, str]] = []
+        for name, value in headers:
+            line = (name, value)
+            masked = memo.get(line)
+            if masked is None:
+                masked = (name, mask_header_value(name, value))
+                if len(name) + len(value) <= self.MAX_LINE:
+                    if len(memo) >= self._cap:
+                        memo.clear()
+                    memo[line] = masked
+            out.append(masked)
+        return out

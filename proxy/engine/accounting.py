@@ -7,13 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmreel.core.bounded import BoundedSet
-from llmreel.core.exchange import Exchange
+from llmreel.core.exchange import Exchange, RecordingRef
 from llmreel.core.ids import new_id
 from llmreel.engine.flowstate import FlowState
 from llmreel.metering.metrics import Metrics
 from llmreel.metering.pricing import Pricer
 from llmreel.metering.report import Miss, RunReport
 from llmreel.providers import ResponseSummary, Usage
+from llmreel.storage.records import Recording
 
 log = logging.getLogger("llmreel")
 
@@ -109,6 +110,7 @@ class Accountant:
             session=state.session,
             run=self.run,
             context=state.context,
+            replayed=_ref(state.replay) if state.replay is not None else None,
         )
         if cost is not None and exchange.billed:
             self.spent_usd += cost
@@ -126,6 +128,10 @@ class Accountant:
             except Exception:
                 log.exception("exchange sink %r failed", sink)
         return exchange
+
+
+def _ref(rec: Recording) -> RecordingRef:
+    return RecordingRef(rec.namespace, rec.key, rec.seq, rec.recorded_at)
 
 
 def ttfc(state: FlowState) -> float | None:

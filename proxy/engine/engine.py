@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
@@ -33,11 +34,11 @@ from llmreel.core.errors import (
     offline_miss,
 )
 from llmreel.core.failures import failure_type
-from llmreel.core.keys import KeyConfig, canonical_request, parse_body, request_digest
+from llmreel.core.keys import KeyConfig
 from llmreel.core.lookup import Found, lookup
 from llmreel.core.modes import CONTROLS, MODES, plan
 from llmreel.core.pacing import parse_pace
-from llmreel.core.redact import credential_of, credential_scope, mask_headers
+from llmreel.core.redact import HeaderMasker, credential_of, credential_scope
 from llmreel.core.singleflight import RemoteFlights, SingleFlight, flight_key
 from llmreel.core.timeparse import parse_duration
 from llmreel.core.wire import (
@@ -53,6 +54,8 @@ from llmreel.core.wire import (
 from llmreel.engine.accounting import Accountant, Outcome, ttfc
 from llmreel.engine.control import Contexts, ControlServer, Recent
 from llmreel.engine.flowstate import FlowState
+from llmreel.engine.handoff import LoopHandoff
+from llmreel.engine.keying import Keyer
 from llmreel.engine.options import DEFAULTS, ConfigError
 from llmreel.engine.pacer import Pacer
 from llmreel.engine.shared import SharedTier, configure_shared, lookup_shared
@@ -69,9 +72,7 @@ from llmreel.providers import (
     ResponseSummary,
     Usage,
     classify,
-    request_model,
     summarize,
-    wants_stream,
 )
 from llmreel.providers.hosts import parse_host_mappings
 from llmreel.storage.leases import FileFlights, lease_dir
@@ -156,7 +157,8 @@ class Engine:
         self._file_flights: FileFlights | None = None
         self.extra_flights: list[RemoteFlights] = []
         """Single-flight tiers beyond the machine (a shared Redis), asked after the lock files."""
-        self.key_config = KeyConfig()
+        self._keyer = Keyer(KeyConfig())
+        self._mask_headers = HeaderMasker()
         self.hosts: HostMap = DEFAULT_HOSTS
         self.mode = "auto"
         self.default_namespace = "default"
@@ -184,6 +186,15 @@ class Engine:
         self._write_errors = ThrottledLog(log)
         self.shared: SharedTier | None = None
         """The shared tier (`--shared`): Redis behind the local store; None: off."""
+        self._handoff: LoopHandoff | None = None
+
+    @property
+    def key_config(self) -> KeyConfig:
+        return self._keyer.config
+
+    @key_config.setter
+    def key_config(self, config: KeyConfig) -> None:
+        self._keyer = Keyer(config)  # keys remembered under another config no longer hold
 
     @property
     def sinks(self) -> list[Callable[[Any], None]]:
@@ -436,29 +447,25 @@ class Engine:
                 f"llmreel: bad {NAMESPACE_HEADER} header: {exc}.", "llmreel_bad_header",
             )  # fmt: skip
         body = head.read_body()
-        parsed = parse_body(body)
-        canonical = canonical_request(
-            head.method, head.scheme, head.host, head.port, head.path, head.query, head.headers,
-            body, self.key_config, parsed_body=parsed,
-        )  # fmt: skip
-        key = request_digest(canonical)
+        # A body keyed before (a replay) is not parsed and hashed again (see engine/keying.py).
+        keyed = self._keyer.key(endpoint, head, body)
+        key = keyed.key
         seq = self.occurrences.next((namespace, key)) if self.sequence else 0
         return FlowState(
             endpoint=endpoint,
             plan=plan(self.mode, control.strip().lower() if control else None),
             namespace=namespace,
             key=key,
-            canonical=canonical,
-            # Behaviour is read from the body as sent: --ignore-field changes only the key.
-            model=request_model(endpoint, head.path, parsed),
-            stream=wants_stream(endpoint, head.path, "", parsed),
+            canonical=keyed.canonical,
+            model=keyed.model,
+            stream=keyed.stream,
             started=self._clock(),
             started_unix=head.started_unix,
             method=head.method,
             url=masked_url(head.scheme, head.host, head.port, head.path, head.query),
             client=head.client,
             listener=head.listener,
-            request_headers=mask_headers(head.headers),
+            request_headers=self._mask_headers(head.headers),
             request_body=body,
             seq=seq,
             session=(head.controls.get(SESSION_HEADER) or context.session or "")[:200],
@@ -648,7 +655,7 @@ class Engine:
 
     def _finish(self, state: FlowState, resp: ResponseInfo) -> bool:
         now = self._clock()
-        headers = mask_headers(resp.headers)
+        headers = self._mask_headers(resp.headers)
         if state.replay is not None:
             rec = state.replay
             usage = Usage(**rec.usage) if rec.usage else None
@@ -714,16 +721,21 @@ class Engine:
             seq=state.seq,
         )
         future = self.store.submit(rec)
-        loop = asyncio.get_running_loop()
+        handoff = self._handoff_for(asyncio.get_running_loop())
 
         def committed(done: concurrent.futures.Future[None]) -> None:
-            try:
-                loop.call_soon_threadsafe(self._after_write, state, done, rec)
-            except RuntimeError:  # the loop has closed (shutdown): nobody is waiting any more
-                state.release(False)
+            # On the loop, batched with the other recordings of the commit; if the loop has
+            # closed (shutdown), nobody is waiting any more.
+            handoff.call(partial(self._after_write, state, done, rec), partial(state.release, False))
 
         future.add_done_callback(committed)
         return True
+
+    def _handoff_for(self, loop: asyncio.AbstractEventLoop) -> LoopHandoff:
+        handoff = self._handoff
+        if handoff is None or handoff.loop is not loop:
+            handoff = self._handoff = LoopHandoff(loop)
+        return handoff
 
     def _after_write(
         self, state: FlowState, done: concurrent.futures.Future[None], rec: Recording

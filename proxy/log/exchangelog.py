@@ -14,11 +14,10 @@ writes, on LMDB snapshots that never block the writer. Entries past the retentio
 
 from __future__ import annotations
 
-import concurrent.futures
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -30,9 +29,11 @@ from llmreel.log.packing import LogRecordError, pack_exchange, unpack_head, unpa
 from llmreel.log.query import LogFilter, StatsRow, stats
 from llmreel.log.retention import PRUNE_INTERVAL_S, PrunableStore, Retention
 from llmreel.log.throttle import ThrottledLog
+from llmreel.storage.lmdbstore import StoreError, Value
+from llmreel.storage.records import Recording
 
 if TYPE_CHECKING:
-    from llmreel.core.exchange import Exchange
+    from llmreel.core.exchange import Exchange, RecordingRef
 
 __all__ = [
     "DEFAULT_RETENTION_S",
@@ -55,7 +56,17 @@ class LogStore(PrunableStore, Protocol):
 
     path: str
 
+    def get(
+        self, namespace: str, key: str, seq: int = 0, *, request: bool = True
+    ) -> Recording | None: ...
     def get_raw(self, db: bytes, key: bytes) -> bytes | None: ...
+    def post_raw(
+        self,
+        writes: Sequence[tuple[bytes, bytes, Value]],
+        *,
+        size: int | None = None,
+        on_error: Callable[[StoreError], None],
+    ) -> None: ...
     def count(self, db: bytes) -> int: ...
     def flush(self, timeout: float | None = None) -> None: ...
 
@@ -103,20 +114,30 @@ class ExchangeLog:
         try:
             # Packing (scrubbing, compressing) happens in the store's writer thread.
             # `size` bounds the writer's queue by what the entry holds until it is packed.
-            future = self.store.submit_raw(
-                [(LOG_DB, ex.id.encode(), partial(pack_exchange, ex, embeddings=self.embeddings))],
+            # Nobody waits for a log entry: no future, only a report if it fails.
+            pack = partial(pack_exchange, ex, embeddings=self.embeddings, recorded=self.recorded)
+            self.store.post_raw(
+                [(LOG_DB, ex.id.encode(), pack)],
                 size=len(ex.request_body) + len(ex.response_body) + 1024,
+                on_error=self._report,
             )
         except Exception as exc:  # noqa: BLE001 - a bug here must cost a log line, not a request
             self._report(exc)
             return
-        future.add_done_callback(self._committed)
         self.retention.entry_added()
 
-    def _committed(self, future: concurrent.futures.Future[None]) -> None:
-        error = future.exception()
-        if error is not None:
-            self._report(error)
+    def recorded(self, ref: RecordingRef) -> bytes | None:
+        """The body of the recording `ref` names, if the store holds that version of it."""
+        try:
+            rec = self.store.get(ref.namespace, ref.key, ref.seq, request=False)
+        except StoreError as exc:
+            log.warning("cannot read recording %s for the log: %s", ref.key, exc)
+            return None
+        return rec.body if rec is not None and rec.recorded_at == ref.recorded_at else None
+
+    def record(self, data: bytes, *, vectors: bool = True) -> dict[str, Any]:
+        """The full record of a stored log value (see `unpack_record`)."""
+        return unpack_record(data, recorded=self.recorded, vectors=vectors)
 
     def _report(self, error: BaseException) -> None:
         self._errors.error("exchange log entry not saved: %s", error)
@@ -155,7 +176,7 @@ class ExchangeLog:
             if len(found) > 1:
                 raise AmbiguousExchange(id_or_prefix, [k.decode() for k, _ in found[:2]])
             raw = found[0][1]
-        return unpack_record(raw)
+        return self.record(raw)
 
     def iter(
         self,
@@ -193,7 +214,7 @@ class ExchangeLog:
                     # Bodies are stored raw (see pack_exchange): a streamed answer is spread over
                     # many events, so only the expanded record can be searched.
                     # Vectors become float lists only for a caller that asked for content.
-                    record = unpack_record(value, vectors=content)
+                    record = self.record(value, vectors=content)
                     if not flt.matches_content(record):
                         continue
             except (LogRecordError, orjson.JSONDecodeError) as exc:

@@ -7,6 +7,7 @@ wherever the same codec is installed.
 from __future__ import annotations
 
 import re
+import threading
 import zlib
 from collections.abc import Buffer, Callable, Iterator
 from typing import Final, Protocol, cast
@@ -40,8 +41,19 @@ def _zstd() -> (
         except ImportError:
             return None
 
+    local = threading.local()
+
     def compress(data: bytes) -> bytes:
-        return bytes(zstd.compress(data, level=1))
+        # What zstd.compress(data, level=1) does, with one compressor per thread kept for
+        # reuse: making its context is a good part of compressing a small value.
+        compressor = getattr(local, "compressor", None)
+        if compressor is None:
+            compressor = local.compressor = zstd.ZstdCompressor(level=1)
+        try:
+            return bytes(compressor.compress(data, mode=zstd.ZstdCompressor.FLUSH_FRAME))
+        except BaseException:
+            local.compressor = None  # a half-written frame must not prefix the next value
+            raise
 
     def decompress(data: bytes) -> bytes:
         return bytes(zstd.decompress(data))

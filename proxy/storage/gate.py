@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 __all__ = ["MapGate"]
 
@@ -24,26 +24,18 @@ class MapGate:
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        # A plain lock under the condition (not the default RLock): every transaction of the
+        # store takes it twice, so it is on the proxy's hot path.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._holders: set[int] = set()  # threads inside, in either mode
         self._exclusive = False
         self._waiting = 0  # exclusive waiters
+        self._shared = _Shared(self)
 
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        me = threading.get_ident()
-        with self._cond:
-            self._check_not_holding(me)
-            while self._exclusive or self._waiting:
-                self._cond.wait()
-            self._holders.add(me)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._holders.discard(me)
-                if not self._holders:
-                    self._cond.notify_all()
+    def shared(self) -> AbstractContextManager[None]:
+        """Hold the gate shared for a `with` block."""
+        return self._shared
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -71,3 +63,29 @@ class MapGate:
             raise RuntimeError(
                 "this thread already holds the store's map gate (a nested transaction)"
             )
+
+
+class _Shared:
+    """`MapGate.shared()`: a plain context manager rather than a generator, which costs a few
+    microseconds more per transaction. Re-entrant across threads (its state is the gate's)."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: MapGate) -> None:
+        self._gate = gate
+
+    def __enter__(self) -> None:
+        gate = self._gate
+        me = threading.get_ident()
+        with gate._lock:  # the condition's lock, taken without the condition's Python wrapper
+            gate._check_not_holding(me)
+            while gate._exclusive or gate._waiting:
+                gate._cond.wait()
+            gate._holders.add(me)
+
+    def __exit__(self, *exc: object) -> None:
+        gate = self._gate
+        with gate._lock:
+            gate._holders.discard(threading.get_ident())
+            if gate._waiting and not gate._holders:  # only an exclusive waiter waits for this
+                gate._cond.notify_all()

@@ -19,7 +19,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import lmdb
 import orjson
 
+from llmreel.core.bounded import BoundedCache
 from llmreel.core.diff import sketch
 from llmreel.storage.backlog import (
     CLOSE_REPORT_INTERVAL_S,
@@ -70,6 +71,10 @@ _Writes = list[tuple[bytes, bytes, bytes | None]]
 Value = bytes | Callable[[], bytes] | None
 #: What a value made by a function is assumed to weigh in the backlog, unless told.
 _LAZY_VALUE_BYTES = 4096
+#: Memory for recordings kept decoded for replays (`LmdbStore.get`): the hot set of a test
+#: suite, well under the proxy's RSS budget.
+DECODED_CACHE_BYTES = 32 << 20
+_DECODED_OVERHEAD = 1024  # a decoded recording's objects besides its body
 
 
 @dataclass(slots=True)
@@ -80,7 +85,10 @@ class _Job:
     """
 
     writes: Sequence[tuple[bytes, bytes, Value]]
-    future: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
+    future: concurrent.futures.Future[None] | None = None
+    """Resolved when the writes are committed (`submit_raw`); None for a job that only
+    reports failures (`post_raw`)."""
+    on_error: Callable[[StoreError], None] | None = None
     size: int | None = None
     """Bytes counted in the backlog; None for a flush marker, which the backlog never refuses."""
 
@@ -174,6 +182,7 @@ class LmdbStore:
         max_map_size: int = MAX_MAP_SIZE,
         backlog_bytes: int = DEFAULT_BACKLOG_BYTES,
         backlog_jobs: int = DEFAULT_BACKLOG_JOBS,
+        decoded_cache_bytes: int = DECODED_CACHE_BYTES,
     ) -> None:
         self.path = str(path)
         self.max_map_size = max_map_size
@@ -226,6 +235,11 @@ class LmdbStore:
         self._submit_lock = threading.Lock()
         self._reindex_lock = threading.Lock()
         self._reindexed_at: float | None = None
+        #: Recordings decoded for replay, by entry key, with the stored bytes they came from.
+        self._decoded: BoundedCache[bytes, tuple[bytes, Recording]] = BoundedCache(
+            decoded_cache_bytes
+        )
+        self._decoded_lock = threading.Lock()
 
     def _check_length(self, data_file: Path) -> None:
         # A truncated data file opens fine, but reading its missing pages kills the process
@@ -274,20 +288,34 @@ class LmdbStore:
 
     # --- reading ------------------------------------------------------------------------------
 
-    def get(
-        self, namespace: str, key: str, seq: int = 0, *, request: bool = True
-    ) -> Recording | None:
-        """The recording, or None; `request=False` skips parsing its canonical request."""
-        raw = self._read(entry_key(namespace, key, seq))
+    def get(self, namespace: str, key: str, seq: int = 0, *, request: bool = True) -> Recording | None:
+        """The recording, or None; `request=False` skips parsing its canonical request.
+
+        Replays (`request=False`) of a value read before are served decoded from a bounded
+        cache: the value is still read from the store every time (another process may have
+        replaced or removed it), and the decoded recording is reused only if the stored bytes
+        are the same. Callers must not modify a returned recording.
+        """
+        db_key = entry_key(namespace, key, seq)
+        raw = self._read(db_key)
         if raw is None:
             return None
+        if not request:
+            with self._decoded_lock:
+                cached = self._decoded.get(db_key)
+            if cached is not None and cached[0] == raw:
+                return cached[1]
         try:
-            return unpack(raw, request=request)
+            rec = unpack(raw, request=request)
         except RecordError as exc:
             raise StoreError(
                 f"recording {key} in {self.path} is corrupt ({exc}); "
                 f"remove it with `llmreel cache rm {key}` and record it again"
             ) from exc
+        if not request:
+            with self._decoded_lock:
+                self._decoded.put(db_key, (raw, rec), len(raw) + len(rec.body) + _DECODED_OVERHEAD)
+        return rec
 
     def _read(self, db_key: bytes, db: bytes = b"entries") -> bytes | None:
         handle = self._dbs[db]
@@ -358,7 +386,8 @@ class LmdbStore:
         while True:
             try:
                 with self._gate.shared():
-                    seen_size = int(self.env.info()["map_size"])
+                    # Only a write can fill the map; reads skip asking for its size.
+                    seen_size = int(self.env.info()["map_size"]) if write else 0
                     with self.env.begin(write=write) as txn:
                         return work(txn)
             except lmdb.MapFullError:
@@ -418,22 +447,37 @@ class LmdbStore:
         default the bytes given, and 4 KiB for each function): the backlog counts it, and the
         future fails at once, with reason "backlog", when the backlog is full.
         """
-        job = _Job(writes)
-        if writes:
-            job.size = JOB_OVERHEAD_BYTES + (size if size is not None else _weight(writes))
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._enqueue(_Job(writes, future), size)
+        return future
+
+    def post_raw(
+        self,
+        writes: Sequence[tuple[bytes, bytes, Value]],
+        *,
+        size: int | None = None,
+        on_error: Callable[[StoreError], None],
+    ) -> None:
+        """`submit_raw` for writes nobody waits for: no future is made (that is most of the
+        cost of queueing a small write); `on_error` is called, in the writer thread or here,
+        if they fail."""
+        self._enqueue(_Job(writes, on_error=on_error), size)
+
+    def _enqueue(self, job: _Job, size: int | None) -> None:
+        if job.writes:
+            job.size = JOB_OVERHEAD_BYTES + (size if size is not None else _weight(job.writes))
         with self._submit_lock:
             refused = refuse_write(self.path, self._closed, self.backlog, job.size)
-            if refused is not None:
-                job.future.set_exception(refused)
-                return job.future
-            if self._writer is None:
-                self._writer = threading.Thread(
-                    target=self._write_loop, name="llmreel-store-writer"
-                )
-                self._writer.daemon = True
-                self._writer.start()
-            self._queue.put(job)
-        return job.future
+            if refused is None:
+                if self._writer is None:
+                    self._writer = threading.Thread(
+                        target=self._write_loop, name="llmreel-store-writer"
+                    )
+                    self._writer.daemon = True
+                    self._writer.start()
+                self._queue.put(job)
+                return
+        _settle(job, refused)  # never counted in the backlog
 
     def delete(self, namespace: str, key: str, seq: int = 0) -> bool:
         db_key = entry_key(namespace, key, seq)
@@ -484,10 +528,7 @@ class LmdbStore:
         # Out of the backlog before the future resolves: whoever waits on it sees the room.
         if job.size is not None:
             self.backlog.done(job.size)
-        if error is None:
-            job.future.set_result(None)
-        else:
-            job.future.set_exception(error)
+        _settle(job, error)
 
     def _write_batch(self, items: _Writes) -> None:
         if items:
@@ -681,6 +722,17 @@ def _disk_nearly_full(path: str) -> bool:
         return shutil.disk_usage(path).free < 16 << 20
     except OSError:
         return False
+
+
+def _settle(job: _Job, error: StoreError | None) -> None:
+    """Tell whoever submitted `job` how it ended."""
+    if job.future is not None:
+        if error is None:
+            job.future.set_result(None)
+        else:
+            job.future.set_exception(error)
+    elif error is not None and job.on_error is not None:
+        job.on_error(error)
 
 
 def _resolve(job: _Job) -> _Writes | StoreError:

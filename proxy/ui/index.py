@@ -29,7 +29,7 @@ from llmreel.core.ids import id_floor, id_time
 from llmreel.log.exchangelog import LOG_DB, ExchangeLog
 from llmreel.log.labels import Labels
 from llmreel.log.linking import Fingerprint, Turn, fingerprint, messages_of
-from llmreel.log.packing import LogRecordError, unpack_record
+from llmreel.log.packing import LogRecordError
 from llmreel.log.record import record_unix
 from llmreel.providers import Message, conversation
 from llmreel.ui import embindex
@@ -198,7 +198,7 @@ class Indexer:
             if ident in known:
                 continue
             try:
-                record = unpack_record(value, vectors=False)  # embindex reads them packed
+                record = self.log.record(value, vectors=False)  # embindex reads them packed
             except (LogRecordError, orjson.JSONDecodeError, ValueError) as exc:
                 log.warning("skipping unreadable log entry %s: %s", ident, exc)
                 known.add(ident)
