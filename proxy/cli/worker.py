@@ -79,6 +79,7 @@ async def _work(spec: WorkerSpec) -> int:
     serve_inherited(sockets)
     server = ProxyServer(spec.settings)
     engine = server.recorder.engine
+    engine.flight_locks = True  # identical misses in sibling workers go upstream once
     if spec.settings.sequence:
         engine.occurrences = SharedCounter(os.path.join(spec.shared_dir, "sequence"))
     if spec.settings.budget_usd:
