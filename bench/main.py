@@ -34,6 +34,7 @@ from .procs import (
     log,
     mitmdump_argv,
     raise_priority,
+    rss_anon_mb,
     upstream_argv,
 )
 from .stats import median, summarize_ms
@@ -261,6 +262,8 @@ def run_memory(procs: Procs, servers: dict[str, Proc], work: Path, cfg: Config) 
         "mitmdump_forward_after_load_mb": round(servers["mitmdump_forward"].rss_mb(), 1),
         "llmreel_w2_supervisor_mb": round(servers["llmreel_w2"].rss_mb(), 1),
         "llmreel_w2_workers_after_load_mb": servers["llmreel_w2"].worker_rss_mb(),
+        "llmreel_after_load_anon_mb": round(rss_anon_mb(servers["llmreel"].pid), 1),
+        "llmreel_w2_workers_after_load_anon_mb": servers["llmreel_w2"].worker_rss_anon_mb(),
         "llmreel_passthrough_w2_workers_after_load_mb": (
             servers["llmreel_passthrough_w2"].worker_rss_mb()
         ),

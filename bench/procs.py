@@ -56,6 +56,15 @@ def machine_busy() -> tuple[float, float]:
     return (total - idle) / ticks, total / ticks
 
 
+def rss_anon_mb(pid: int) -> float:
+    """The process's own memory (RssAnon), in MiB: RSS without the mapped files (LMDB's pages,
+    which are the kernel's page cache, shared by every process that maps the store)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no RssAnon for pid {pid}")
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of one process, in MiB (VmRSS)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -81,6 +90,9 @@ class Proc:
     def worker_rss_mb(self) -> list[float]:
         """RSS of each process below this one (the workers of llmreel --workers N)."""
         return [round(rss_mb(p), 1) for p in descendants(self.pid)]
+
+    def worker_rss_anon_mb(self) -> list[float]:
+        return [round(rss_anon_mb(p), 1) for p in descendants(self.pid)]
 
 
 class Procs:

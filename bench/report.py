@@ -19,6 +19,7 @@ TARGETS = [
     ("hit_w2_rps_ratio_vs_mitmdump_hook", "hit-path throughput, 2 workers, vs bare mitmdump hook", 1.4, ">="),
     ("miss_w2_rps_ratio_vs_mitmdump_forward", "miss-path throughput, 2 workers, vs bare mitmdump forwarding", 1.05, ">="),
     ("rss_mb_per_worker", "RSS per llmreel process after the throughput rounds (MiB)", 150.0, "<="),
+    ("rss_anon_mb_per_worker", "of which the process's own (RssAnon, without LMDB's mapped pages)", 150.0, "<="),
     ("ttfc_added_ms_vs_mitmdump_stream", "TTFC added vs bare mitmdump streaming (ms)", 2.0, "<="),
     ("lookup_p99_ms_at_1m", "hit lookup p99 at 1M entries (ms)", 1.0, "<="),
     ("rss_mb_100_streams", "RSS with 100 concurrent streams (MiB)", 250.0, "<="),
@@ -52,6 +53,12 @@ def headline(results: dict[str, Any]) -> None:
     ]
     per_process = [m for m in per_process if m is not None]
     results["rss_mb_per_worker"] = max(per_process) if per_process else None
+    anon = [
+        memory.get("llmreel_after_load_anon_mb"),
+        *memory.get("llmreel_w2_workers_after_load_anon_mb", []),
+    ]
+    anon = [m for m in anon if m is not None]
+    results["rss_anon_mb_per_worker"] = max(anon) if anon else None
     targets = {}
     for key, what, target, op in TARGETS:
         value = results.get(key)
