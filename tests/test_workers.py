@@ -58,7 +58,11 @@ def _ask(proxy: ProxyThread, fake: FakeUpstream, bundle: str, prompt: str,
 
 
 def _two_workers(make_proxy: MakeProxy) -> tuple[ProxyThread, Supervisor]:
-    proxy = make_proxy(workers=2)
+    return _two_workers_with(make_proxy)
+
+
+def _two_workers_with(make_proxy: MakeProxy, **settings: object) -> tuple[ProxyThread, Supervisor]:
+    proxy = make_proxy(workers=2, **settings)
     assert isinstance(proxy.server, Supervisor)
     return proxy, proxy.server
 
@@ -260,3 +264,13 @@ def test_a_store_open_in_another_proxy_still_works(
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
     assert proc.returncode == 0
+
+
+def test_no_secret_reaches_the_supervisors_files(make_proxy: MakeProxy) -> None:
+    """Worker settings (with --proxy-auth) go to workers on a pipe, never into a file."""
+    proxy, supervisor = _two_workers_with(make_proxy, proxy_auth="reel:secret-horse-4711")
+    assert supervisor.private_dir is not None
+    files = [p for p in supervisor.private_dir.rglob("*") if p.is_file()]
+    assert files  # the metrics files at least
+    assert not [p for p in files if b"secret-horse-4711" in p.read_bytes()]
+    assert proxy.url

@@ -31,13 +31,11 @@ from llmreel.cli.setup import setup_logging
 from llmreel.metering.metrics import multiprocess_total
 from llmreel.storage.counters import SharedCounter
 
-#: The environment variable naming a worker's `WorkerSpec` file.
-SPEC_ENV = "LLMREEL_WORKER_SPEC"
-
 
 @dataclass(slots=True)
 class WorkerSpec:
-    """What the supervisor tells a worker. Pickled to a file in a private directory."""
+    """What the supervisor tells a worker, pickled onto its standard input (never written to a
+    file: the settings can hold secrets)."""
 
     index: int
     settings: ProxySettings
@@ -109,8 +107,7 @@ async def _work(spec: WorkerSpec) -> int:
 
 
 def main() -> None:
-    with open(os.environ[SPEC_ENV], "rb") as f:
-        spec: WorkerSpec = pickle.load(f)
+    spec: WorkerSpec = pickle.load(sys.stdin.buffer)
     setup_logging(*spec.log_level, name=f"worker {spec.index}")
     # SIGINT from a terminal reaches the whole process group; the supervisor decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import multiprocess as prom_multiprocess
 
 from llmreel.cli.server import Listener, ProxySettings, Running, StartupError, hostport
-from llmreel.cli.worker import SPEC_ENV, WorkerSpec
+from llmreel.cli.worker import WorkerSpec
 from llmreel.metering.exporter import MetricsServer
 from llmreel.metering.metrics import StoreCollector, WorkerMetrics
 from llmreel.metering.report import RunReport
@@ -217,18 +217,18 @@ class Supervisor:
             detailed_report=self.detailed_report,
             log_level=self.log_level,
         )
-        spec_path = self._dir / f"worker-{index}.pickle"
-        spec_path.write_bytes(pickle.dumps(spec))
-        env = {
-            **os.environ,
-            SPEC_ENV: str(spec_path),
-            "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
-        }
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
         try:
+            # The spec goes through the worker's standard input, never a file: its settings
+            # can hold secrets (--proxy-auth, a --shared URL's password).
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "llmreel.cli.worker", env=env,
+                sys.executable, "-m", "llmreel.cli.worker", env=env, stdin=asyncio.subprocess.PIPE,
                 pass_fds=[write_fd, *spec.sockets.values()],
             )  # fmt: skip
+            assert process.stdin is not None
+            process.stdin.write(pickle.dumps(spec))
+            await process.stdin.drain()
+            process.stdin.close()
         finally:
             os.close(write_fd)
         worker = _Worker(index, process, time.monotonic())
@@ -288,6 +288,11 @@ class Supervisor:
 
     def shutdown(self) -> None:
         self._stopping.set()
+
+    @property
+    def private_dir(self) -> Path | None:
+        """The supervisor's private directory (metrics files, reports, the sequence counter)."""
+        return self._dir
 
     @property
     def failed(self) -> str | None:
