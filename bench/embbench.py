@@ -22,12 +22,12 @@ import numpy as np
 import orjson
 
 from llmreel.log.exchangelog import ExchangeLog
-from llmreel.log.labels import Labels
 from llmreel.log.packing import pack_exchange
 from llmreel.storage.lmdbstore import LmdbStore
-from llmreel.ui.index import Index, Indexer
 from llmreel.ui.server import UiProcess
 from tests.test_exchangelog import make_exchange
+
+from .uibench import index_seconds
 
 CHROMIUM = "/usr/bin/chromium"
 MODEL = "text-embedding-3-small"
@@ -91,12 +91,7 @@ def build(store_path: Path, points: int, dim: int) -> dict[str, Any]:
     for ex in calls(points, dim, floats=False):
         log.append(ex)
     log.flush()
-    index = Index(store_path)
-    indexer = Indexer(index, log, Labels(store))
-    started = time.perf_counter()
-    indexer.catch_up(should_stop=lambda: False)
-    indexed = time.perf_counter() - started
-    indexer.stop()
+    indexed = index_seconds(store_path, store, log)
     store.close()
     return {"index_s": round(indexed, 1)}
 

@@ -28,6 +28,16 @@ SYSTEM = "You are a coding agent. Follow the repository's style guide. " * 30  #
 TASK = "Fix the failing test in the parser module and explain the root cause briefly. " * 8
 
 
+def index_seconds(store_path: Path, store: LmdbStore, log: ExchangeLog) -> float:
+    """How long the UI's indexer takes to catch up with everything in `log`, from nothing."""
+    indexer = Indexer(Index(store_path), log, Labels(store))
+    started = time.perf_counter()
+    indexer.catch_up(should_stop=lambda: False)
+    indexed = time.perf_counter() - started
+    indexer.stop()
+    return indexed
+
+
 def build(store_path: Path, exchanges: int) -> dict[str, Any]:
     store = LmdbStore(store_path)
     log = ExchangeLog(store, retention_s=None)
@@ -49,12 +59,7 @@ def build(store_path: Path, exchanges: int) -> dict[str, Any]:
             log.flush()
     log.flush()
     written = time.perf_counter() - started
-    index = Index(store_path)
-    indexer = Indexer(index, log, Labels(store))
-    started = time.perf_counter()
-    indexer.catch_up(should_stop=lambda: False)
-    indexed = time.perf_counter() - started
-    indexer.stop()
+    indexed = index_seconds(store_path, store, log)
     store.close()
     size = sum(f.stat().st_size for f in store_path.glob("ui-index.sqlite3*"))
     return {"exchanges": made, "write_s": round(written, 1), "index_s": round(indexed, 1),
